@@ -1,0 +1,24 @@
+"""featurelm's core library: feature contracts, prompt rendering, backends, structured output."""
+
+from engine.engine import Engine, Meta, Result, RunOptions
+from engine.errors import (
+    BackendError,
+    ContractError,
+    FeaturelmError,
+    InputError,
+    NotFoundError,
+    OutputError,
+)
+
+__all__ = [
+    "BackendError",
+    "ContractError",
+    "Engine",
+    "FeaturelmError",
+    "InputError",
+    "Meta",
+    "NotFoundError",
+    "OutputError",
+    "Result",
+    "RunOptions",
+]

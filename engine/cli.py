@@ -1,0 +1,238 @@
+"""The `featurelm` command line. Serving and evals are imported only by the commands using them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ContractError, FeaturelmError, InputError, NotFoundError
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read {path}: {reason}") from None
+
+
+def _read_input(value: str) -> Any:
+    """`--input` takes inline JSON or @path to a JSON file."""
+    text = _read_file(Path(value[1:])) if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"--input is not valid JSON: {exc}") from None
+
+
+def _print_error(exc: FeaturelmError) -> None:
+    if isinstance(exc, ContractError):
+        print(f"error: {len(exc.issues)} problem(s) found:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return
+    print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, InputError):
+        for violation in exc.violations:
+            print(f"  {violation.path}: {violation.message}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.engine import Engine
+
+    engine = Engine.from_config(args.config)
+    names = engine.registry.names()
+    print(f"ok: {len(names)} feature(s): {', '.join(names)}")
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from engine.engine import Engine, RunOptions
+
+    payload = _read_input(args.input)
+    engine = Engine.from_config(args.config)
+    try:
+        options = RunOptions(route=args.route, cache_read=not args.no_cache)
+        result = await engine.run(args.feature, payload, tenant=args.tenant, options=options)
+    finally:
+        await engine.aclose()
+    print(json.dumps({"output": result.output, "meta": asdict(result.meta)}, ensure_ascii=False))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from engine.contracts import FeatureSpec
+
+    schema = FeatureSpec.model_json_schema()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": "featurelm feature file", **schema}
+    print(json.dumps(schema, indent=2, sort_keys=True))
+    return 0
+
+
+async def _tenant(args: argparse.Namespace) -> int:
+    from engine.engine import Engine
+
+    engine = Engine.from_config(args.config)
+    try:
+        store = await engine.store()
+        if args.tenant_command == "create":
+            tenant, key = await store.create_tenant(args.name, actor=args.author)
+            print(f"created tenant {tenant.name}")
+            print(f"api key (shown once, store it now): {key}")
+        elif args.tenant_command == "admin-key":
+            print(f"admin key (shown once, store it now): {await store.create_admin_key()}")
+        else:
+            for tenant in await store.list_tenants():
+                print(f"{tenant.name}\t{tenant.created_at.isoformat()}")
+    finally:
+        await engine.aclose()
+    return 0
+
+
+async def _override(args: argparse.Namespace) -> int:
+    from engine.engine import Engine
+
+    engine = Engine.from_config(args.config)
+    if getattr(args, "evals", False):
+        from evals.gate import make_eval_gate
+
+        engine.overrides.eval_gate = make_eval_gate(engine)
+    overrides = engine.overrides
+    try:
+        if args.override_command == "apply":
+            text = _read_file(Path(args.file))
+            result = await overrides.apply(args.tenant, args.feature, text, author=args.author,
+                                           dry_run=args.dry_run, run_evals=args.evals)
+            if result.dry_run:
+                print("ok: the override is valid (dry run, nothing saved)")
+                for i, messages in enumerate(result.rendered):
+                    print(f"--- rendered prompt for example {i}")
+                    for message in messages:
+                        print(f"[{message['role']}] {message['content']}")
+            else:
+                state = "active" if result.active else "saved, not active"
+                print(f"ok: {args.tenant}/{args.feature} version {result.version} ({state})")
+            if result.eval_pass_rate is not None:
+                print(f"eval pass rate: {result.eval_pass_rate:.0%}")
+        elif args.override_command == "list":
+            for v in await overrides.list_versions(args.tenant, args.feature):
+                mark = "*" if v.active else " "
+                print(f"{mark} {v.feature}\tv{v.version}\t{v.created_at.isoformat()}\t"
+                      f"{v.author}\t{v.content_hash[:12]}")
+        elif args.override_command == "rollback":
+            await overrides.rollback(args.tenant, args.feature, args.version, author=args.author)
+            print(f"ok: {args.tenant}/{args.feature} rolled back to version {args.version}")
+        elif args.override_command == "activate":
+            await overrides.activate(args.tenant, args.feature, args.version, author=args.author)
+            print(f"ok: {args.tenant}/{args.feature} version {args.version} is active")
+        elif args.override_command == "deactivate":
+            await overrides.deactivate(args.tenant, args.feature, author=args.author)
+            print(f"ok: {args.tenant}/{args.feature} serves the base feature")
+        elif args.override_command == "diff":
+            print(await overrides.diff(args.tenant, args.feature, args.v1, args.v2), end="")
+    finally:
+        await engine.aclose()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.server import serve
+
+    return serve(config=args.config, host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featurelm", description=__doc__)
+    parser.add_argument("--config", help="featurelm.yaml to use (default: $FEATURELM_CONFIG, "
+                                         "then ./featurelm.yaml, then built-in defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="load and validate every feature")
+    check.set_defaults(handler=cmd_check)
+
+    run = commands.add_parser("run", help="run one feature and print {output, meta} as JSON")
+    run.add_argument("feature")
+    run.add_argument("--input", required=True, help="input JSON, or @file.json")
+    run.add_argument("--tenant", help="run as this tenant (with its active override)")
+    run.add_argument("--route", help="another route from the feature's allowed list")
+    run.add_argument("--no-cache", action="store_true", help="skip the cache read")
+    run.set_defaults(handler=lambda a: asyncio.run(_run(a)))
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a feature file")
+    schema.set_defaults(handler=cmd_schema)
+
+    tenant = commands.add_parser("tenant", help="manage tenants and API keys")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tenant_commands.add_parser("create", help="create a tenant; prints its API key once")
+    create.add_argument("name")
+    tenant_commands.add_parser("list", help="list tenants")
+    tenant_commands.add_parser("admin-key", help="create an operator key for the admin API")
+    tenant.add_argument("--author", default="cli", help="who is acting (audit log)")
+    tenant.set_defaults(handler=lambda a: asyncio.run(_tenant(a)))
+
+    override = commands.add_parser("override", help="manage tenant feature overrides")
+    override.add_argument("--author", default="cli", help="who is acting (audit log)")
+    override_commands = override.add_subparsers(dest="override_command", required=True)
+    apply = override_commands.add_parser("apply", help="validate and activate an override file")
+    apply.add_argument("tenant")
+    apply.add_argument("feature")
+    apply.add_argument("file")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="validate and show the rendered prompt; save nothing")
+    apply.add_argument("--evals", action="store_true",
+                       help="refuse activation if the feature's eval cases fall below threshold")
+    listing = override_commands.add_parser("list", help="list versions (* = active)")
+    listing.add_argument("tenant")
+    listing.add_argument("feature", nargs="?")
+    for verb, text in (("rollback", "make an earlier version active again"),
+                       ("activate", "make a saved version active")):
+        sub = override_commands.add_parser(verb, help=text)
+        sub.add_argument("tenant")
+        sub.add_argument("feature")
+        sub.add_argument("version", type=int)
+    deactivate = override_commands.add_parser("deactivate", help="serve the base feature again")
+    deactivate.add_argument("tenant")
+    deactivate.add_argument("feature")
+    diff = override_commands.add_parser("diff", help="unified diff of two versions")
+    diff.add_argument("tenant")
+    diff.add_argument("feature")
+    diff.add_argument("v1", type=int)
+    diff.add_argument("v2", type=int)
+    override.set_defaults(handler=lambda a: asyncio.run(_override(a)))
+
+    evaluate = commands.add_parser("eval", help="run the offline eval suite")
+    from evals import cli as evals_cli
+
+    evals_cli.add_arguments(evaluate)
+    evaluate.set_defaults(handler=lambda a: asyncio.run(evals_cli.run(a)))
+
+    serve = commands.add_parser("serve", help="serve every feature over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except FeaturelmError as exc:
+        _print_error(exc)
+        return 2 if isinstance(exc, InputError | ContractError | NotFoundError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

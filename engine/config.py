@@ -1,0 +1,129 @@
+"""The engine's configuration file (`featurelm.yaml`), as pydantic models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import ContractError, ContractIssue
+from engine.safe_yaml import load_yaml_file
+
+DEFAULT_CONFIG = "featurelm.yaml"
+CONFIG_ENV = "FEATURELM_CONFIG"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendConfig(Strict):
+    """One model endpoint. `options` is checked by the adapter registered for `kind`."""
+
+    kind: str = Field(description="Adapter kind: local, scripted, openai, hosted.")
+    model: str = Field("", description="Model name sent to the backend.")
+    structured: str | None = Field(
+        None,
+        description="Structured-output dialect; default depends on kind "
+        "(json_schema, structured_outputs, json_object_schema, grammar, none).",
+    )
+    context_window: int | None = Field(None, ge=256, description="Tokens; default per kind.")
+    tokenizer: str | None = Field(None, description="tiktoken encoding for token budgets.")
+    input_price_per_mtok: float = Field(0.0, ge=0, description="Cost per million prompt tokens.")
+    output_price_per_mtok: float = Field(0.0, ge=0, description="Cost per million output tokens.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Adapter-specific settings.")
+
+
+class RouteConfig(Strict):
+    """An ordered fallback chain of backend names."""
+
+    backends: list[str] = Field(min_length=1)
+    retries: int = Field(2, ge=0, le=10, description="Retries per backend on retryable errors.")
+
+
+class LimitsConfig(Strict):
+    max_template_chars: int = Field(20_000, ge=100)
+    max_rendered_chars: int = Field(100_000, ge=100)
+    render_timeout_s: float = Field(1.0, gt=0)
+    max_input_bytes: int = Field(256 * 1024, ge=1024)
+    max_yaml_bytes: int = Field(256 * 1024, ge=1024)
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one call, all retries "
+                                     "and fallbacks included.")
+
+
+class EngineConfig(Strict):
+    features_dir: Path = Path("features")
+    prompts_dir: Path = Path("prompts")
+    backends: dict[str, BackendConfig] = Field(
+        default_factory=lambda: {"local": BackendConfig(kind="local", model="gemma-3-270m")}
+    )
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=lambda: {"default": RouteConfig(backends=["local"])}
+    )
+    cache: str = Field("memory", description="'memory', 'none' or a redis:// URL.")
+    store: str = Field("sqlite:///featurelm.db", description="SQLAlchemy URL of the tenant store.")
+    #: Name of the environment variable holding the server secret used to derive per-tenant
+    #: salts (vLLM cache_salt) and to hash API keys. Never the secret itself.
+    secret_env: str = "FEATURELM_SECRET"
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    override_refresh_s: float = Field(
+        2.0, gt=0, le=60,
+        description="How often a replica checks the store for activated or rolled-back overrides.")
+
+    #: Directory the config file was read from; relative paths resolve against it.
+    root: Path = Field(Path("."), exclude=True)
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else self.root / p
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to use: explicit path, then $FEATURELM_CONFIG, then ./featurelm.yaml."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    default = Path(DEFAULT_CONFIG)
+    return default if default.exists() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> EngineConfig:
+    """Load and check the engine config; with no file, the embedded defaults."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return EngineConfig(root=Path.cwd())
+    if not resolved.exists():
+        raise ContractError([ContractIssue(str(resolved), "", "config file not found",
+                                           f"create it or unset {CONFIG_ENV}")])
+    data = load_yaml_file(resolved, max_bytes=1024 * 1024)
+    if not isinstance(data, dict):
+        raise ContractError([ContractIssue(str(resolved), "", "config must be a mapping")])
+    try:
+        config = EngineConfig.model_validate({**data, "root": resolved.parent.resolve()})
+    except ValidationError as exc:
+        raise ContractError(pydantic_issues(str(resolved), exc)) from None
+    problems = [
+        ContractIssue(str(resolved), f"routes.{route}.backends", f"unknown backend {name!r}",
+                      f"define it under backends: (known: {', '.join(sorted(config.backends))})")
+        for route, rc in config.routes.items() for name in rc.backends
+        if name not in config.backends
+    ]
+    if problems:
+        raise ContractError(problems)
+    return config
+
+
+def pydantic_issues(file: str, exc: ValidationError) -> list[ContractIssue]:
+    """Turn pydantic's errors into ContractIssues with dotted YAML paths."""
+    issues = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        fix = ""
+        if err["type"] == "extra_forbidden":
+            fix = "remove it; see schemas/feature.schema.json for the allowed keys"
+        elif err["type"] == "missing":
+            fix = "add it"
+        issues.append(ContractIssue(file, path, err["msg"], fix))
+    return issues

@@ -1,0 +1,319 @@
+"""Decides which backend answers each call: fallback chains, retries, deadlines, breakers, budgets.
+
+A route is an ordered chain of backends. Each call gets one deadline covering every retry
+and fallback; retryable failures are retried with backoff on the same backend, anything else
+(or a backend whose breaker opened) moves on to the next one in the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from engine.backends import build_backend
+from engine.backends.base import Backend, Completion, CompletionRequest, StreamingBackend, Usage
+from engine.backends.provider_errors import circuit_open, deadline_exceeded, mapped_errors
+from engine.config import BackendConfig, EngineConfig, RouteConfig
+from engine.costs import cost_usd
+from engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from engine.dispatch.retry import RetryPolicy
+from engine.errors import BackendError, ContractError, ContractIssue, InputError
+from engine.tokens import count_prompt_tokens
+
+T = TypeVar("T")
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_BREAKER = BreakerPolicy()
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """Usage of one dispatched call, attributed through the request's labels."""
+
+    route: str
+    backend: str | None
+    model: str | None
+    attempts: int
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    completion: Completion
+    record: CallRecord
+
+
+def _counts_against(error: BackendError) -> bool:
+    # A server that answers 400/404 or "too long" is healthy; the request was the problem.
+    return error.retryable or error.timeout or error.provider_status is None
+
+
+class _Run:
+    """State of one call as it walks its route: deadline, attempts, last error, window floor."""
+
+    def __init__(self, dispatcher: Dispatcher, route: str, request: CompletionRequest,
+                 deadline: float):
+        self.d = dispatcher
+        self.route = route
+        self.request = request
+        self.deadline = deadline
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.last_error: BackendError | None = None
+        self.last_backend: str | None = None
+        #: After a context-length error, only backends with a larger window are worth trying.
+        self.window_floor = 0
+
+    def candidates(self, names: list[str]) -> Iterator[tuple[str, Backend]]:
+        for name in names:
+            backend = self.d.backends[name]
+            if backend.capabilities.context_window <= self.window_floor:
+                continue
+            if not self.d.breakers[name].allow():
+                self.last_error = self.last_error or circuit_open(name)
+                continue
+            yield name, backend
+
+    def attempt_request(self, name: str) -> CompletionRequest:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.d.breakers[name].release()
+            raise self.deadline_error(name)
+        self.attempts += 1
+        self.last_backend = name
+        return dataclasses.replace(self.request, timeout=remaining)
+
+    async def guard(self, name: str, call: Awaitable[T]) -> T:
+        """Await `call` within the time left; a backend ignoring its timeout still stops."""
+        with mapped_errors(name):
+            async with asyncio.timeout(self.deadline - time.monotonic()):
+                return await call
+
+    async def should_retry(self, name: str, error: BackendError, retry: int) -> bool:
+        """Record the failure; sleep and return True if the same backend is worth another try."""
+        self.last_error = error
+        breaker = self.d.breakers[name]
+        if _counts_against(error):
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        if error.context_length:
+            window = self.d.backends[name].capabilities.context_window
+            self.window_floor = max(self.window_floor, window)
+            return False
+        if (not error.retryable or retry >= self.d.route(self.route).retries
+                or breaker.state is not BreakerState.CLOSED):
+            return False
+        wait = self.d.retry.delay(retry, error, self.d.rng)
+        if time.monotonic() + wait >= self.deadline:
+            return False  # waiting would spend the whole deadline: try the next backend now
+        await self.d.sleep(wait)
+        return True
+
+    def deadline_error(self, name: str | None = None) -> BackendError:
+        error = deadline_exceeded(name or self.last_backend or self.route,
+                                  f"route {self.route!r} after {self.attempts} attempt(s)")
+        error.__cause__ = self.last_error
+        return error
+
+    def final_error(self) -> BackendError:
+        if time.monotonic() >= self.deadline:
+            return self.deadline_error()
+        if self.last_error is None:
+            return BackendError(f"route {self.route!r} has no backend that can take this call",
+                                backend=self.route)
+        return self.last_error
+
+    def record(self, completion: Completion | None, error: BackendError | None) -> CallRecord:
+        usage = completion.usage if completion else Usage()
+        backend = completion.backend if completion else self.last_backend
+        config = self.d.backend_configs.get(backend or "")
+        model = completion.model if completion else None
+        record = CallRecord(
+            route=self.route, backend=backend, model=model, attempts=self.attempts, usage=usage,
+            cost_usd=cost_usd(config, model or config.model, usage) if config else 0.0,
+            latency_ms=(time.monotonic() - self.started) * 1000.0,
+            labels=dict(self.request.labels), error=str(error) if error else None)
+        if self.d.on_call is not None:
+            self.d.on_call(record)
+        return record
+
+
+class Dispatcher:
+    """Routes calls over fallback chains of backends, within one deadline per call."""
+
+    def __init__(self, backends: Mapping[str, Backend], routes: Mapping[str, RouteConfig], *,
+                 retry: RetryPolicy = DEFAULT_RETRY, breaker: BreakerPolicy = DEFAULT_BREAKER,
+                 backend_configs: Mapping[str, BackendConfig] | None = None,
+                 on_call: Callable[[CallRecord], None] | None = None,
+                 default_timeout_s: float = 60.0,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        missing = [(route, name) for route, rc in routes.items() for name in rc.backends
+                   if name not in backends]
+        if missing:
+            raise ContractError([
+                ContractIssue("featurelm.yaml", f"routes.{route}.backends",
+                              f"unknown backend {name!r}", "define it under backends:")
+                for route, name in missing])
+        self.backends = dict(backends)
+        self.routes = dict(routes)
+        self.retry = retry
+        self.breakers = {name: CircuitBreaker(breaker) for name in self.backends}
+        self.backend_configs = dict(backend_configs or {})
+        self.on_call = on_call
+        #: Deadline of a call that names none (limits.request_timeout_s in featurelm.yaml).
+        self.default_timeout_s = default_timeout_s
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *,
+                    backend_wrapper: Callable[[Backend], Backend] | None = None,
+                    retry: RetryPolicy = DEFAULT_RETRY, breaker: BreakerPolicy = DEFAULT_BREAKER,
+                    on_call: Callable[[CallRecord], None] | None = None) -> Dispatcher:
+        """Build every configured backend (importing only the adapters in use)."""
+        wrap = backend_wrapper or (lambda backend: backend)
+        backends = {name: wrap(build_backend(name, bc)) for name, bc in config.backends.items()}
+        return cls(backends, config.routes, retry=retry, breaker=breaker,
+                   backend_configs=config.backends, on_call=on_call,
+                   default_timeout_s=config.limits.request_timeout_s)
+
+    # -- routes and budgets -------------------------------------------------------------------
+
+    def route(self, name: str) -> RouteConfig:
+        try:
+            return self.routes[name]
+        except KeyError:
+            raise ContractError([ContractIssue(
+                "featurelm.yaml", "routes", f"unknown route {name!r}",
+                f"use one of: {', '.join(sorted(self.routes))}")]) from None
+
+    def deadline_for(self, route: str) -> float:
+        """The default deadline of a call started now on `route`."""
+        self.route(route)
+        return time.monotonic() + self.default_timeout_s
+
+    def prompt_tokens(self, backend: str, request: CompletionRequest) -> int:
+        return count_prompt_tokens(request.messages, self.backends[backend].capabilities.tokenizer)
+
+    def backends_fitting(self, route: str, request: CompletionRequest) -> list[str]:
+        """The route's backends whose context window holds the prompt plus max_tokens."""
+        counts: dict[str, int] = {}
+        fitting = []
+        for name in self.route(route).backends:
+            caps = self.backends[name].capabilities
+            if caps.tokenizer not in counts:
+                counts[caps.tokenizer] = self.prompt_tokens(name, request)
+            if counts[caps.tokenizer] + request.max_tokens <= caps.context_window:
+                fitting.append(name)
+        return fitting
+
+    def routes_fitting(self, request: CompletionRequest) -> list[str]:
+        """Routes with at least one backend that can take this prompt."""
+        return [route for route in self.routes if self.backends_fitting(route, request)]
+
+    def ensure_fits(self, route: str, request: CompletionRequest) -> list[str]:
+        """The fitting backends, or an InputError before any backend is called."""
+        fitting = self.backends_fitting(route, request)
+        if not fitting:
+            names = self.route(route).backends
+            window = max(self.backends[n].capabilities.context_window for n in names)
+            tokens = self.prompt_tokens(names[0], request)
+            raise InputError(
+                f"input too long for route {route!r}: the prompt takes {tokens} tokens and "
+                f"{request.max_tokens} more are reserved for the output, but the largest "
+                f"context window on this route is {window} tokens")
+        return fitting
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def complete(self, route: str, request: CompletionRequest, *,
+                       deadline: float | None = None) -> Completion:
+        """The first successful completion along the route's chain, within `deadline`
+        (a time.monotonic() instant); raises the last BackendError if every backend failed."""
+        return (await self.dispatch(route, request, deadline=deadline)).completion
+
+    async def dispatch(self, route: str, request: CompletionRequest, *,
+                       deadline: float | None = None) -> Dispatched:
+        """Like `complete`, with the usage record of the call."""
+        run = _Run(self, route, request,
+                   self.deadline_for(route) if deadline is None else deadline)
+        try:
+            for name, backend in run.candidates(self.ensure_fits(route, request)):
+                retry = 0
+                while True:
+                    attempt = run.attempt_request(name)
+                    try:
+                        completion = await run.guard(name, backend.complete(attempt))
+                    except BackendError as error:
+                        if await run.should_retry(name, error, retry):
+                            retry += 1
+                            continue
+                        break
+                    except BaseException:
+                        self.breakers[name].release()
+                        raise
+                    self.breakers[name].record_success()
+                    return Dispatched(completion, run.record(completion, None))
+            raise run.final_error()
+        except BackendError as error:
+            run.record(None, error)
+            raise
+
+    async def stream(self, route: str, request: CompletionRequest, *,
+                     deadline: float | None = None) -> AsyncIterator[str]:
+        """Text chunks from the first streaming backend that starts answering. Failures before
+        the first chunk fall back like `complete`; after it, they are raised (no retry)."""
+        run = _Run(self, route, request,
+                   self.deadline_for(route) if deadline is None else deadline)
+        names = [n for n in self.ensure_fits(route, request)
+                 if isinstance(self.backends[n], StreamingBackend)
+                 and self.backends[n].capabilities.streaming]
+        if not names:
+            completion = await self.complete(route, request, deadline=run.deadline)
+            yield completion.text
+            return
+        for name, backend in run.candidates(names):
+            assert isinstance(backend, StreamingBackend)
+            retry = 0
+            while True:
+                chunks = backend.stream(run.attempt_request(name)).__aiter__()
+                started = False
+                try:
+                    while True:
+                        try:
+                            chunk = await run.guard(name, chunks.__anext__())
+                        except StopAsyncIteration:
+                            break
+                        started = True
+                        yield chunk
+                except BackendError as error:
+                    if started:
+                        self.breakers[name].record_failure()
+                        raise
+                    if await run.should_retry(name, error, retry):
+                        retry += 1
+                        continue
+                    break
+                except BaseException:
+                    self.breakers[name].release()
+                    raise
+                finally:
+                    aclose = getattr(chunks, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                self.breakers[name].record_success()
+                return
+        raise run.final_error()
+
+
+__all__ = ["CallRecord", "Dispatched", "Dispatcher"]

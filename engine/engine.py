@@ -1,0 +1,223 @@
+"""The Engine: one object holding registry, backends, dispatcher and cache, built from config.
+
+`Engine.run` is the path of one call: resolve the feature, validate the input, render the
+prompt, call the route's backends for schema-valid output, and report what it cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.backends import Backend
+from engine.backends.base import Completion, CompletionRequest
+from engine.config import EngineConfig, load_config
+from engine.dispatch import CallRecord, Dispatched, Dispatcher
+from engine.errors import InputError
+from engine.loader import FeatureRegistry, LoadedFeature
+from engine.overrides import EvalGate, Overrides
+from engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
+from engine.schemas import canonical_json, violations
+from engine.structured import generate_structured
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+log = logging.getLogger("featurelm.engine")
+
+BackendWrapper = Callable[[Backend], Backend]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-call choices a caller may make; everything else is the engine's business."""
+
+    #: Another route, only from the feature's allowed list.
+    route: str | None = None
+    #: False = "no-cache": skip the cache read (the result is still stored).
+    cache_read: bool = True
+    #: False = "no-store": do not store the result.
+    cache_write: bool = True
+    #: Labels passed to backends for logs and recordings (for example the eval case id).
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Meta:
+    feature: str
+    feature_version: int
+    tenant: str | None
+    override_version: int | None
+    route: str
+    backend: str
+    model: str
+    attempts: int
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    cost_usd: float
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    output: dict[str, Any]
+    meta: Meta
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, *, backend_wrapper: BackendWrapper | None = None,
+                 eval_gate: EvalGate | None = None):
+        self.config = config
+        limits = config.limits
+        self.renderer = PromptRenderer(
+            config.path(config.prompts_dir),
+            RenderLimits(limits.max_template_chars, limits.max_rendered_chars,
+                         limits.render_timeout_s))
+        self.registry = FeatureRegistry.load(config, self.renderer)
+        self.dispatcher = Dispatcher.from_config(config, backend_wrapper=backend_wrapper,
+                                                 on_call=self._record_call)
+        self.backends: Mapping[str, Backend] = self.dispatcher.backends
+        self._call_listeners: list[Callable[[CallRecord], None]] = []
+        secret = os.environ.get(config.secret_env)
+        if not secret:
+            log.info("%s is not set; using a per-process secret (tenant salts will differ "
+                        "between replicas)", config.secret_env)
+        self._secret = (secret or secrets.token_hex(32)).encode()
+        self._store: Store | None = None
+        self._store_lock = asyncio.Lock()
+        self.overrides = Overrides(config, self.registry, self.renderer, self.store,
+                                   refresh_s=config.override_refresh_s, eval_gate=eval_gate)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, *,
+                    backend_wrapper: BackendWrapper | None = None,
+                    eval_gate: EvalGate | None = None) -> Engine:
+        return cls(load_config(path), backend_wrapper=backend_wrapper, eval_gate=eval_gate)
+
+    async def store(self) -> Store:
+        """The tenant store, connected (and migrated) on first use."""
+        if self._store is None:
+            async with self._store_lock:
+                if self._store is None:
+                    from engine.store import Store
+
+                    self._store = await Store.connect(self.config.store)
+        return self._store
+
+    async def start(self) -> None:
+        """Connect what a server needs before taking traffic (the CLI connects lazily)."""
+        await self.store()
+
+    async def aclose(self) -> None:
+        for backend in self.backends.values():
+            await backend.aclose()
+        if self._store is not None:
+            await self._store.aclose()
+            self._store = None
+
+    def on_call(self, listener: Callable[[CallRecord], None]) -> None:
+        """Be told of every backend call (usage, cost, attempts), labelled with feature and
+        tenant: the metrics and usage ledger subscribe here."""
+        self._call_listeners.append(listener)
+
+    def _record_call(self, record: CallRecord) -> None:
+        for listener in self._call_listeners:
+            listener(record)
+
+    def tenant_salt(self, tenant: str | None) -> str | None:
+        """Server-derived per-tenant salt for backend prefix caches; never client-chosen."""
+        if tenant is None:
+            return None
+        return hmac.new(self._secret, f"cache-salt:{tenant}".encode(), hashlib.sha256).hexdigest()
+
+    async def resolve(self, name: str, tenant: str | None = None) -> LoadedFeature:
+        """The feature as `tenant` sees it (its active override merged), or the base feature."""
+        return await self.overrides.resolve(name, tenant)
+
+    def validate_input(self, feature: LoadedFeature, input: Any) -> dict[str, Any]:
+        if not isinstance(input, dict):
+            raise InputError("input must be a JSON object")
+        size = len(canonical_json(input).encode())
+        if size > self.config.limits.max_input_bytes:
+            raise InputError(f"input is {size} bytes, over the "
+                             f"{self.config.limits.max_input_bytes}-byte limit", status=413)
+        problems = violations(feature.spec.input, input)
+        if problems:
+            raise InputError(f"input does not match the {feature.name} input schema", problems)
+        return input
+
+    def _route_for(self, feature: LoadedFeature, options: RunOptions) -> str:
+        route = options.route or feature.spec.model.route
+        if route not in feature.allowed_routes():
+            raise InputError(f"route {route!r} is not allowed for {feature.name}; allowed: "
+                             f"{', '.join(feature.allowed_routes())}")
+        return route
+
+    async def complete(self, route: str, request: CompletionRequest, *,
+                       deadline: float | None = None) -> Dispatched:
+        """One completion along `route` (fallbacks, retries, breaker), within `deadline`."""
+        return await self.dispatcher.dispatch(route, request, deadline=deadline)
+
+    def build_request(self, feature: LoadedFeature, input: dict[str, Any], *,
+                      tenant: str | None, options: RunOptions) -> CompletionRequest:
+        try:
+            messages = feature.render_messages(self.renderer, input)
+        except TemplateRefused as exc:
+            raise InputError(f"the prompt could not be rendered for this input: {exc}") from None
+        policy = feature.spec.model
+        return CompletionRequest(
+            messages=messages, output_schema=feature.spec.output,
+            temperature=policy.temperature, max_tokens=policy.max_output_tokens,
+            params=policy.params.as_request_params(), cache_salt=self.tenant_salt(tenant),
+            labels={"feature": feature.name, "tenant": tenant or "", **options.labels})
+
+    def check_budget(self, route: str, request: CompletionRequest) -> None:
+        """Refuse a prompt no backend on the route can hold, before any backend call."""
+        try:
+            self.dispatcher.ensure_fits(route, request)
+        except InputError as exc:
+            raise InputError(str(exc), status=413) from None
+
+    async def run(self, feature_name: str, input: Any, *, tenant: str | None = None,
+                  options: RunOptions | None = None) -> Result:
+        """Run a feature as `tenant` sees it and return schema-valid output with meta."""
+        feature = await self.resolve(feature_name, tenant)
+        return await self.run_feature(feature, input, tenant=tenant, options=options)
+
+    async def run_feature(self, feature: LoadedFeature, input: Any, *,
+                          tenant: str | None = None, options: RunOptions | None = None) -> Result:
+        """Run an already resolved feature (a candidate override under evaluation, say)."""
+        started = time.monotonic()
+        options = options or RunOptions()
+        self.validate_input(feature, input)
+        route = self._route_for(feature, options)
+        request = self.build_request(feature, input, tenant=tenant, options=options)
+        self.check_budget(route, request)
+        deadline = started + self.config.limits.request_timeout_s
+        cost = 0.0
+
+        async def complete(req: CompletionRequest) -> Completion:
+            nonlocal cost
+            dispatched = await self.complete(route, req, deadline=deadline)
+            cost += dispatched.record.cost_usd
+            return dispatched.completion
+
+        result = await generate_structured(complete, request, feature.spec.output,
+                                           feature.spec.model.max_attempts)
+        meta = Meta(feature=feature.name, feature_version=feature.spec.version, tenant=tenant,
+                    override_version=feature.override_version, route=route,
+                    backend=result.completion.backend, model=result.completion.model,
+                    attempts=result.attempts, tokens_in=result.tokens_in,
+                    tokens_out=result.tokens_out,
+                    latency_ms=round((time.monotonic() - started) * 1000, 2),
+                    cost_usd=round(cost, 8), cached=False)
+        return Result(output=result.output, meta=meta)

@@ -1,0 +1,212 @@
+"""`featurelm eval`: run the eval suite, gate on thresholds, write reports, compare, record, replay.
+
+`add_arguments` fills the subcommand's parser and `run` executes it; both are what the main
+`featurelm` command line calls. Exit codes: 0 all features meet their thresholds, 1 some do
+not (or a replay met an unrecorded request, or a comparison regressed), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from engine.errors import ContractError, FeaturelmError
+from evals.cassettes import CassetteStore
+from evals.compare import compare, render_markdown
+from evals.progress import TerminalProgress
+from evals.recording import Miss, RecordingBackend, ReplayingBackend
+from evals.results import SuiteResult, load_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("features", nargs="*", metavar="FEATURE",
+                        help="features to evaluate (default: every feature with a dataset)")
+    parser.add_argument("--tenant", help="evaluate as this tenant, with its active overrides")
+    parser.add_argument("--route", help="run every feature on this route instead of its own")
+    parser.add_argument("--repeat", type=_positive, default=1, metavar="K",
+                        help="run each case K times; it passes only if it passes every time")
+    parser.add_argument("--concurrency", type=_positive, default=4, metavar="N",
+                        help="feature calls in flight at once (default 4)")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="write report.json, report.md and report.html to DIR")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="compare two runs: report.json files, or 'base', 'tenant:NAME', "
+                             "'route:NAME' run now")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--record", type=Path, metavar="DIR",
+                      help="save every backend exchange as cassettes in DIR")
+    mode.add_argument("--replay", type=Path, metavar="DIR",
+                      help="answer from the cassettes in DIR, never calling a backend")
+    # SUPPRESS keeps a --config given before the subcommand from being reset to None.
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help="featurelm.yaml to use (default: $FEATURELM_CONFIG, then "
+                             "./featurelm.yaml)")
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        if args.compare:
+            return await _compare(args)
+        session = _Session(args)
+        suite = await session.suite(tenant=args.tenant, route=args.route)
+        session.finish()
+        _print_problems(suite)
+        if args.report:
+            _write(args.report, suite)
+        return 0 if suite.passed else 1
+    except ContractError as exc:
+        print(f"error: {len(exc.issues)} problem(s) found:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    except (FeaturelmError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+@dataclass
+class _Session:
+    """One eval invocation: its cassettes (shared by every run it makes) and its settings."""
+
+    args: argparse.Namespace
+    store: CassetteStore | None = None
+    misses: list[Miss] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.args.record:
+            self.store = CassetteStore(self.args.record, fresh=True)
+        elif self.args.replay:
+            if not self.args.replay.is_dir():
+                raise ValueError(f"--replay {self.args.replay}: no such cassette directory")
+            self.store = CassetteStore(self.args.replay)
+
+    async def suite(self, *, tenant: str | None, route: str | None,
+                    label: str = "eval") -> SuiteResult:
+        from engine import Engine
+        from evals.assertions import Services
+        from evals.harness import EngineInvoker, EngineJudge, targets
+        from evals.runner import run_suite
+        from evals.similarity import LazyEmbedder
+
+        wrapper = None
+        if self.args.record:
+            assert self.store is not None
+            wrapper = RecordingBackend.wrapper(self.store)
+        elif self.args.replay:
+            assert self.store is not None
+            wrapper = ReplayingBackend.wrapper(self.store, self.misses)
+        engine = Engine.from_config(getattr(self.args, "config", None), backend_wrapper=wrapper)
+        started = time.monotonic()
+        misses_before = len(self.misses)
+        progress = TerminalProgress(label)
+        try:
+            chosen = await targets(engine, self.args.features, tenant)
+            features = await run_suite(
+                chosen, EngineInvoker(engine, tenant=tenant, route=route),
+                services=Services(embedder=LazyEmbedder(), judge=EngineJudge(engine)),
+                repeat=self.args.repeat, concurrency=self.args.concurrency, progress=progress)
+        finally:
+            progress.close()
+            await engine.aclose()
+        meta = {
+            "mode": "record" if self.args.record else "replay" if self.args.replay else "live",
+            "tenant": tenant, "route": route, "repeat": self.args.repeat,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "duration_s": round(time.monotonic() - started, 3),
+            "featurelm_version": _version(),
+            "config": str(engine.config.root),
+            "routes": {name: list(r.backends) for name, r in engine.config.routes.items()},
+            "backends": {name: {"kind": b.kind, "model": b.model}
+                         for name, b in engine.config.backends.items()},
+        }
+        problems = [f"replay: {miss}" for miss in self.misses[misses_before:]]
+        if not chosen:
+            problems.append("no feature has an eval dataset; nothing was evaluated")
+        return SuiteResult(features=features, meta=meta, problems=_unique(problems))
+
+    def finish(self) -> None:
+        if self.args.record and self.store is not None:
+            for path in self.store.save():
+                print(f"recorded {path}", file=sys.stderr)
+
+
+async def _compare(args: argparse.Namespace) -> int:
+    session = _Session(args)
+    suites = []
+    for label, spec in zip("ab", args.compare, strict=True):
+        suite = await _resolve(session, spec, label)
+        suites.append(suite)
+        if args.report and not _is_report_file(spec):
+            _write(args.report / label, suite)
+    session.finish()
+    comparison = compare(suites[0], suites[1], label_a=args.compare[0], label_b=args.compare[1])
+    text = render_markdown(comparison)
+    print(text)
+    for suite in suites:
+        _print_problems(suite)
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "comparison.md").write_text(text, encoding="utf-8")
+        (args.report / "comparison.json").write_text(
+            json.dumps(comparison.to_json(), indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8")
+    ok = comparison.passed and not any(s.problems for s in suites)
+    return 0 if ok else 1
+
+
+async def _resolve(session: _Session, spec: str, label: str) -> SuiteResult:
+    """A report file, or a run: 'base', 'tenant:NAME', 'route:NAME'."""
+    if _is_report_file(spec):
+        return load_report(Path(spec))
+    tenant, route = session.args.tenant, session.args.route
+    kind, _, value = spec.partition(":")
+    if spec == "base":
+        tenant = None
+    elif kind == "tenant" and value:
+        tenant = value
+    elif kind == "route" and value:
+        route = value
+    else:
+        raise ValueError(f"--compare {spec!r}: give a report.json file, 'base', "
+                         "'tenant:NAME' or 'route:NAME'")
+    return await session.suite(tenant=tenant, route=route, label=f"{label}: {spec}")
+
+
+def _is_report_file(spec: str) -> bool:
+    return spec.endswith(".json") or Path(spec).is_file()
+
+
+def _write(directory: Path, suite: SuiteResult) -> None:
+    from evals.reports import write_reports
+
+    for path in write_reports(suite, directory):
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def _print_problems(suite: SuiteResult) -> None:
+    for problem in suite.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("featurelm")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,41 @@
+"""Eval gating of tenant overrides: a candidate is activated only if its eval cases still pass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from engine import Engine, RunOptions
+from engine.errors import ContractError, ContractIssue
+from engine.loader import LoadedFeature
+from engine.overrides import EvalGate
+from evals.assertions import Services
+from evals.harness import EngineJudge, target_for
+from evals.runner import Invocation, run_suite
+from evals.similarity import LazyEmbedder
+
+
+def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
+    """A gate that runs the feature's dataset against the candidate, as the tenant, uncached."""
+
+    async def gate(candidate: LoadedFeature, tenant: str) -> float:
+        async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
+            options = RunOptions(cache_read=False, cache_write=False,
+                                 labels={"case": case_id, "feature": feature})
+            result = await engine.run_feature(candidate, input, tenant=tenant, options=options)
+            return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
+                              cost_usd=result.meta.cost_usd, meta=asdict(result.meta))
+
+        target = target_for(engine, candidate)
+        if target.dataset is None:
+            return 1.0  # nothing to gate on: the feature ships no eval cases
+        [result] = await run_suite([target], invoke, concurrency=concurrency,
+                                   services=Services(embedder=LazyEmbedder(),
+                                                     judge=EngineJudge(engine)))
+        if result.error:
+            raise ContractError([ContractIssue(f"override {tenant}/{candidate.name}", "evals",
+                                               f"the eval gate could not run: {result.error}",
+                                               "fix the feature's eval dataset")])
+        return result.pass_rate
+
+    return gate

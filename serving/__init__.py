@@ -1,0 +1,1 @@
+"""featurelm's HTTP service: feature endpoints, health and errors over FastAPI."""

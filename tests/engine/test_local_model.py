@@ -1,0 +1,66 @@
+"""The packaged local model, for real: grammar-constrained, end to end, safe when concurrent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from engine import Engine
+from engine.backends.base import CompletionRequest, Message
+from engine.backends.local import LocalLlamaBackend, LocalOptions
+from engine.errors import BackendError
+from engine.schemas import violations
+from tests.conftest import SENTIMENT, ProjectFactory
+
+pytestmark = pytest.mark.slow
+
+LOCAL = {"local": {"kind": "local", "options": {"n_ctx": 1024}}}
+
+
+@pytest.fixture(scope="module")
+def backend() -> LocalLlamaBackend:
+    return LocalLlamaBackend("local", LocalOptions(n_ctx=1024))
+
+
+async def test_feature_runs_end_to_end_on_the_local_model(make_project: ProjectFactory) -> None:
+    engine = Engine.from_config(make_project(backends=LOCAL,
+                                             routes={"default": {"backends": ["local"]}}))
+    try:
+        result = await engine.run("sentiment", {"text": "Absolutely love it, works perfectly!"})
+    finally:
+        await engine.aclose()
+    assert not violations(SENTIMENT["output"], result.output)
+    assert result.meta.backend == "local" and result.meta.model == "gemma-3-270m"
+    assert result.meta.tokens_in > 50 and result.meta.tokens_out > 0
+
+
+async def test_grammar_constrains_output_to_the_schema(backend: LocalLlamaBackend) -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["n", "tags"],
+              "properties": {"n": {"type": "integer"},
+                             "tags": {"type": "array", "items": {"type": "string",
+                                                                 "enum": ["a", "b"]},
+                                      "maxItems": 2}}}
+    request = CompletionRequest(messages=(Message("user", "Write a poem about the sea."),),
+                                output_schema=schema, max_tokens=64)
+    completion = await backend.complete(request)
+    assert not violations(schema, json.loads(completion.text))
+
+
+async def test_concurrent_calls_are_serialized_safely(backend: LocalLlamaBackend) -> None:
+    schema = SENTIMENT["output"]
+    texts = ["Great value.", "Broken on arrival.", "It is a chair.", "Best purchase ever!"]
+    requests = [CompletionRequest(messages=(Message("user", f"Sentiment of: {t}"),),
+                                  output_schema=schema, max_tokens=32) for t in texts]
+    completions = await asyncio.gather(*(backend.complete(r) for r in requests))
+    for completion in completions:
+        assert not violations(schema, json.loads(completion.text))
+
+
+async def test_deadline_stops_a_long_generation(backend: LocalLlamaBackend) -> None:
+    request = CompletionRequest(messages=(Message("user", "Count from 1 to 1000."),),
+                                max_tokens=2000, timeout=0.3)
+    with pytest.raises(BackendError) as caught:
+        await backend.complete(request)
+    assert caught.value.timeout and caught.value.retryable
