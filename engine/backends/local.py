@@ -117,6 +117,11 @@ class LocalLlamaBackend:
     def count_tokens(self, messages: tuple[Message, ...]) -> int:
         return self._count(self._load(), messages)
 
+    def _check_deadline(self, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise BackendError("local model ran past the deadline", backend=self.name,
+                               retryable=True, timeout=True)
+
     def _generate(self, request: CompletionRequest, deadline: float | None) -> Completion:
         llm = self._load()
         kwargs: dict[str, Any] = {
@@ -134,13 +139,13 @@ class LocalLlamaBackend:
         parts: list[str] = []
         finish_reason = "stop"
         with self._run_lock:
+            # The deadline may pass while waiting for the lock or the model load.
+            self._check_deadline(deadline)
             for chunk in llm.create_chat_completion(stream=True, **kwargs):
                 choice = chunk["choices"][0]
                 parts.append(choice["delta"].get("content") or "")
                 finish_reason = choice.get("finish_reason") or finish_reason
-                if deadline is not None and time.monotonic() > deadline:
-                    raise BackendError("local model ran past the deadline", backend=self.name,
-                                       retryable=True, timeout=True)
+                self._check_deadline(deadline)
             text = "".join(parts)
             prompt_tokens = self._count(llm, request.messages)
             completion_tokens = len(llm.tokenize(text.encode(), add_bos=False))

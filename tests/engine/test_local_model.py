@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -59,8 +60,12 @@ async def test_concurrent_calls_are_serialized_safely(backend: LocalLlamaBackend
 
 
 async def test_deadline_stops_a_long_generation(backend: LocalLlamaBackend) -> None:
+    # The grammar forces hundreds of tokens, so the model cannot finish before the deadline.
+    long_output = {"type": "array", "minItems": 200, "items": {"type": "integer"}}
     request = CompletionRequest(messages=(Message("user", "Count from 1 to 1000."),),
-                                max_tokens=2000, timeout=0.3)
+                                output_schema=long_output, max_tokens=4000, timeout=0.5)
+    started = time.monotonic()
     with pytest.raises(BackendError) as caught:
         await backend.complete(request)
     assert caught.value.timeout and caught.value.retryable
+    assert time.monotonic() - started < 5, "the generation ran on long after its deadline"
