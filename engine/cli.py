@@ -32,7 +32,13 @@ def _read_input(value: str) -> Any:
         raise InputError(f"--input is not valid JSON: {exc}") from None
 
 
-def _print_error(exc: FeaturelmError) -> None:
+def _print_error(exc: FeaturelmError, *, one_line: bool = False) -> None:
+    if one_line:
+        # Tenant and override commands are scripted: one line a script can show or grep.
+        text = "; ".join(str(i) for i in exc.issues) if isinstance(exc, ContractError) \
+            else str(exc)
+        print("error: " + " ".join(text.split()), file=sys.stderr)
+        return
     if isinstance(exc, ContractError):
         print(f"error: {len(exc.issues)} problem(s) found:", file=sys.stderr)
         for issue in exc.issues:
@@ -88,7 +94,8 @@ async def _tenant(args: argparse.Namespace) -> int:
             print(f"created tenant {tenant.name}")
             print(f"api key (shown once, store it now): {key}")
         elif args.tenant_command == "admin-key":
-            print(f"admin key (shown once, store it now): {await store.create_admin_key()}")
+            key = await store.create_admin_key(actor=args.author)
+            print(f"admin key (shown once, store it now): {key}")
         else:
             for tenant in await store.list_tenants():
                 print(f"{tenant.name}\t{tenant.created_at.isoformat()}")
@@ -123,7 +130,11 @@ async def _override(args: argparse.Namespace) -> int:
             if result.eval_pass_rate is not None:
                 print(f"eval pass rate: {result.eval_pass_rate:.0%}")
         elif args.override_command == "list":
-            for v in await overrides.list_versions(args.tenant, args.feature):
+            versions = await overrides.list_versions(args.tenant, args.feature)
+            if not versions:
+                print(f"{args.tenant} has no override versions" +
+                      (f" of {args.feature}" if args.feature else ""))
+            for v in versions:
                 mark = "*" if v.active else " "
                 print(f"{mark} {v.feature}\tv{v.version}\t{v.created_at.isoformat()}\t"
                       f"{v.author}\t{v.content_hash[:12]}")
@@ -169,19 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the JSON Schema of a feature file")
     schema.set_defaults(handler=cmd_schema)
 
+    # --author may come before or after the subcommand; SUPPRESS keeps the subcommand's
+    # default from overwriting a value given before it.
+    author = argparse.ArgumentParser(add_help=False)
+    author.add_argument("--author", default=argparse.SUPPRESS,
+                        help="who is acting, for the audit log (default: cli)")
     tenant = commands.add_parser("tenant", help="manage tenants and API keys")
+    tenant.add_argument("--author", default="cli", help="who is acting (audit log)")
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
-    create = tenant_commands.add_parser("create", help="create a tenant; prints its API key once")
+    create = tenant_commands.add_parser("create", parents=[author],
+                                        help="create a tenant; prints its API key once")
     create.add_argument("name")
     tenant_commands.add_parser("list", help="list tenants")
-    tenant_commands.add_parser("admin-key", help="create an operator key for the admin API")
-    tenant.add_argument("--author", default="cli", help="who is acting (audit log)")
+    tenant_commands.add_parser("admin-key", parents=[author],
+                               help="create an operator key for the admin API")
     tenant.set_defaults(handler=lambda a: asyncio.run(_tenant(a)))
 
     override = commands.add_parser("override", help="manage tenant feature overrides")
     override.add_argument("--author", default="cli", help="who is acting (audit log)")
     override_commands = override.add_subparsers(dest="override_command", required=True)
-    apply = override_commands.add_parser("apply", help="validate and activate an override file")
+    apply = override_commands.add_parser("apply", parents=[author],
+                                         help="validate and activate an override file")
     apply.add_argument("tenant")
     apply.add_argument("feature")
     apply.add_argument("file")
@@ -194,11 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("feature", nargs="?")
     for verb, text in (("rollback", "make an earlier version active again"),
                        ("activate", "make a saved version active")):
-        sub = override_commands.add_parser(verb, help=text)
+        sub = override_commands.add_parser(verb, parents=[author], help=text)
         sub.add_argument("tenant")
         sub.add_argument("feature")
         sub.add_argument("version", type=int)
-    deactivate = override_commands.add_parser("deactivate", help="serve the base feature again")
+    deactivate = override_commands.add_parser("deactivate", parents=[author],
+                                              help="serve the base feature again")
     deactivate.add_argument("tenant")
     deactivate.add_argument("feature")
     diff = override_commands.add_parser("diff", help="unified diff of two versions")
@@ -228,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except FeaturelmError as exc:
-        _print_error(exc)
+        _print_error(exc, one_line=args.command in ("tenant", "override"))
         return 2 if isinstance(exc, InputError | ContractError | NotFoundError) else 1
     except KeyboardInterrupt:
         return 130

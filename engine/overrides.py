@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import difflib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from engine.safe_yaml import load_yaml_text
 
 if TYPE_CHECKING:
     from engine.store import OverrideVersion, Store
+
+log = logging.getLogger("featurelm.overrides")
 
 #: Runs a feature's eval cases against a candidate feature for a tenant; returns the pass rate.
 EvalGate = Callable[[LoadedFeature, str], Awaitable[float]]
@@ -89,7 +92,10 @@ class Overrides:
         self.eval_gate = eval_gate
         self._resolved: dict[tuple[str, str], LoadedFeature] = {}
         self._generation: int | None = None
-        self._checked_at = 0.0
+        self._checked_at = float("-inf")
+        #: Bumped on every local invalidation, so a resolution that raced with one is not
+        #: cached (it would otherwise serve the old version until the next generation change).
+        self._epoch = 0
         self._lock = asyncio.Lock()
 
     def _base(self, feature: str) -> LoadedFeature:
@@ -139,10 +145,13 @@ class Overrides:
                 merged["prompt"].pop(f"{turn}_file", None)
         candidate = build_feature(merged, source=source, config=self.config,
                                   renderer=self.renderer, override_version=version)
-        # The override must also work for the inputs the base feature was written for.
-        for i, example in enumerate(base.spec.examples):
+        # The override must also work for the inputs the base feature was written for, and
+        # render the whole conversation (system turn included) within the size/time caps.
+        inputs = [e.input for e in base.spec.examples] + [e.input for e in
+                                                          candidate.spec.examples]
+        for i, example_input in enumerate(inputs):
             try:
-                candidate.render_messages(self.renderer, example.input)
+                candidate.render_messages(self.renderer, example_input)
             except TemplateRefused as exc:
                 raise ContractError([ContractIssue(
                     source, "prompt", f"does not render for the feature's example {i}: {exc}",
@@ -160,6 +169,9 @@ class Overrides:
                     dry_run: bool = False, activate: bool = True,
                     run_evals: bool = False) -> ApplyResult:
         """Validate an override and, unless `dry_run`, keep it as a new (active) version."""
+        store = await self._store()
+        if await store.get_tenant(tenant) is None:
+            raise NotFoundError(f"unknown tenant {tenant!r}")
         candidate = self.build(tenant, feature, yaml_text)
         rendered = self._rendered(candidate)
         pass_rate = None
@@ -177,7 +189,6 @@ class Overrides:
                     "improve the override until its eval cases pass")])
         if dry_run:
             return ApplyResult(None, False, True, rendered, pass_rate)
-        store = await self._store()
         saved = await store.save_override(tenant, feature, yaml_text, author=author,
                                           activate=activate)
         self._forget(tenant, feature)
@@ -226,6 +237,7 @@ class Overrides:
                                             f"{feature} v{v2}"))
 
     def _forget(self, tenant: str, feature: str) -> None:
+        self._epoch += 1
         self._resolved.pop((tenant, feature), None)
 
     async def _refresh(self, store: Store) -> None:
@@ -237,6 +249,7 @@ class Overrides:
                 return
             generation = await store.generation()
             if generation != self._generation:
+                self._epoch += 1
                 self._resolved.clear()
                 self._generation = generation
             self._checked_at = time.monotonic()
@@ -251,8 +264,17 @@ class Overrides:
         cached = self._resolved.get((tenant, feature))
         if cached is not None:
             return cached
+        epoch = self._epoch
         active = await store.active_override(tenant, feature)
-        resolved = base if active is None else self.build(tenant, feature, active.yaml_text,
-                                                          active.version)
-        self._resolved[(tenant, feature)] = resolved
+        resolved = base
+        if active is not None:
+            try:
+                resolved = self.build(tenant, feature, active.yaml_text, active.version)
+            except ContractError as exc:
+                # The operator changed the base feature since this version was checked: the
+                # product keeps working on the base feature until the tenant fixes it.
+                log.warning("override %s/%s v%d no longer applies, serving the base feature: "
+                            "%s", tenant, feature, active.version, exc.issues[0])
+        if epoch == self._epoch:
+            self._resolved[(tenant, feature)] = resolved
         return resolved
