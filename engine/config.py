@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ContractError, ContractIssue
 from engine.safe_yaml import load_yaml_file
@@ -53,6 +53,54 @@ class LimitsConfig(Strict):
                                      "and fallbacks included.")
 
 
+class HttpConfig(Strict):
+    """Limits and knobs of the HTTP service (`featurelm serve`); see docs/http.md."""
+
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="Largest request body; a bigger Content-Length gets 413 before it is read.")
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="Feature calls (batch items count one each) per tenant per "
+                               "minute; 0 = unlimited.")
+    token_quota: int = Field(
+        0, ge=0, description="Tokens (prompt + output) per tenant per quota window; "
+                             "0 = unlimited.")
+    token_quota_window_s: int = Field(86_400, ge=1, description="Length of the quota window.")
+    batch_max_items: int = Field(100, ge=1, le=10_000, description="Inputs in one batch call.")
+    batch_concurrency: int = Field(4, ge=1, le=64,
+                                   description="Items of one batch call run at the same time.")
+    idempotency_ttl_s: int = Field(86_400, ge=1,
+                                   description="How long an Idempotency-Key's result is kept.")
+    drain_s: float = Field(
+        3.0, ge=0, le=300,
+        description="After SIGTERM, /readyz answers 503 this long before the server stops "
+                    "accepting connections, so the load balancer stops sending first.")
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="Then in-flight requests get this long to finish.")
+
+
+class CacheSettings(Strict):
+    """Tuning of the result cache named by `cache:`; the defaults suit one machine."""
+
+    max_entries: int = Field(10_000, ge=1, description="Entries the memory cache keeps "
+                             "before evicting the least recently used.")
+    key_prefix: str = Field("featurelm:", max_length=64,
+                            description="Prefix of every Redis key, to share a Redis safely.")
+    redis_timeout_s: float = Field(
+        0.25, gt=0, le=10, description="Longest wait for a Redis connection, connect or reply; "
+        "past it the call goes on without the cache.")
+    redis_max_connections: int = Field(50, ge=1, le=10_000,
+                                       description="Size of the Redis connection pool.")
+    redis_backoff_s: float = Field(
+        5.0, ge=0, le=300, description="After a Redis failure, serve without it for this long "
+        "(so a slow Redis costs one timeout per interval, not one per call).")
+    lock_s: float = Field(
+        10.0, gt=0, le=300, description="Lease of the replica leading a coalesced call, renewed "
+        "while it works; if it dies, waiters on other replicas take over after this long.")
+    log_interval_s: float = Field(60.0, ge=0, description="Log cache failures at most once "
+                                  "per interval (they are always counted).")
+
+
 class EngineConfig(Strict):
     features_dir: Path = Path("features")
     prompts_dir: Path = Path("prompts")
@@ -63,17 +111,32 @@ class EngineConfig(Strict):
         default_factory=lambda: {"default": RouteConfig(backends=["local"])}
     )
     cache: str = Field("memory", description="'memory', 'none' or a redis:// URL.")
+    cache_settings: CacheSettings = Field(default_factory=CacheSettings)
     store: str = Field("sqlite:///featurelm.db", description="SQLAlchemy URL of the tenant store.")
     #: Name of the environment variable holding the server secret used to derive per-tenant
     #: salts (vLLM cache_salt) and to hash API keys. Never the secret itself.
     secret_env: str = "FEATURELM_SECRET"
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: Literal["required", "off"] = Field(
+        "required",
+        description="'required': every HTTP call needs `Authorization: Bearer <api key>`. "
+                    "'off': calls without a key run as no tenant (base features); only for a "
+                    "single-user machine (the shipped featurelm.yaml); logged at startup.")
+    http: HttpConfig = Field(default_factory=HttpConfig)
     override_refresh_s: float = Field(
         2.0, gt=0, le=60,
         description="How often a replica checks the store for activated or rolled-back overrides.")
 
     #: Directory the config file was read from; relative paths resolve against it.
     root: Path = Field(Path("."), exclude=True)
+
+    @field_validator("cache")
+    @classmethod
+    def _known_cache(cls, value: str) -> str:
+        # The URL itself is never echoed: it may carry a password.
+        if value in ("memory", "none") or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError("cache must be 'memory', 'none' or a redis://, rediss:// or unix:// URL")
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else self.root / p

@@ -7,6 +7,7 @@ prompt, call the route's backends for schema-valid output, and report what it co
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import hmac
 import logging
@@ -15,10 +16,12 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.backends import Backend
 from engine.backends.base import Completion, CompletionRequest
+from engine.cache import BackendId, CacheEntry, ResultCache, build_store
 from engine.config import EngineConfig, load_config
 from engine.dispatch import CallRecord, Dispatched, Dispatcher
 from engine.errors import InputError
@@ -46,6 +49,9 @@ class RunOptions:
     cache_read: bool = True
     #: False = "no-store": do not store the result.
     cache_write: bool = True
+    #: False: this call makes its own backend call even when an identical one is in flight
+    #: (eval repeats must each reach the model, or flakiness would stay hidden).
+    coalesce: bool = True
     #: Labels passed to backends for logs and recordings (for example the eval case id).
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -64,6 +70,8 @@ class Meta:
     tokens_out: int
     latency_ms: float
     cost_usd: float
+    #: True when this call made no backend call of its own: a stored entry or an identical
+    #: call in flight answered it (usage, cost and attempts are then 0).
     cached: bool
 
 
@@ -86,6 +94,9 @@ class Engine:
         self.dispatcher = Dispatcher.from_config(config, backend_wrapper=backend_wrapper,
                                                  on_call=self._record_call)
         self.backends: Mapping[str, Backend] = self.dispatcher.backends
+        #: Result cache (memory, none or Redis, per `cache:`); `cache.failures` counts the
+        #: cache operations that failed and were served around.
+        self.cache = ResultCache(build_store(config))
         self._call_listeners: list[Callable[[CallRecord], None]] = []
         secret = os.environ.get(config.secret_env)
         if not secret:
@@ -110,19 +121,32 @@ class Engine:
                 if self._store is None:
                     from engine.store import Store
 
-                    self._store = await Store.connect(self.config.store)
+                    self._store = await Store.connect(self._store_url())
         return self._store
+
+    def _store_url(self) -> str:
+        """The configured store URL, a relative SQLite path resolved against the config file."""
+        url = self.config.store
+        for prefix in ("sqlite:///", "sqlite+aiosqlite:///"):
+            path = url[len(prefix):]
+            if url.startswith(prefix) and path and not path.startswith(":memory:") \
+                    and not os.path.isabs(path):
+                return prefix + str(self.config.path(Path(path)))
+        return url
 
     async def start(self) -> None:
         """Connect what a server needs before taking traffic (the CLI connects lazily)."""
         await self.store()
 
     async def aclose(self) -> None:
-        for backend in self.backends.values():
-            await backend.aclose()
-        if self._store is not None:
-            await self._store.aclose()
-            self._store = None
+        try:
+            await self.cache.aclose()
+            for backend in self.backends.values():
+                await backend.aclose()
+        finally:
+            if self._store is not None:
+                store, self._store = self._store, None
+                await store.aclose()
 
     def on_call(self, listener: Callable[[CallRecord], None]) -> None:
         """Be told of every backend call (usage, cost, attempts), labelled with feature and
@@ -203,21 +227,59 @@ class Engine:
         request = self.build_request(feature, input, tenant=tenant, options=options)
         self.check_budget(route, request)
         deadline = started + self.config.limits.request_timeout_s
-        cost = 0.0
+        schema = feature.spec.output
+        plan = self.cache.plan(feature, request, tenant=tenant, chain=self._chain(route),
+                               read=options.cache_read, write=options.cache_write,
+                               coalesce=options.coalesce)
+        if plan.read:
+            entry = await self.cache.lookup(plan, schema)
+            if entry is not None:
+                return self._cached_result(feature, entry, tenant=tenant, route=route,
+                                           started=started)
 
-        async def complete(req: CompletionRequest) -> Completion:
-            nonlocal cost
-            dispatched = await self.complete(route, req, deadline=deadline)
-            cost += dispatched.record.cost_usd
-            return dispatched.completion
+        async def compute() -> tuple[CacheEntry, Result]:
+            cost = 0.0
 
-        result = await generate_structured(complete, request, feature.spec.output,
-                                           feature.spec.model.max_attempts)
+            async def complete(req: CompletionRequest) -> Completion:
+                nonlocal cost
+                dispatched = await self.complete(route, req, deadline=deadline)
+                cost += dispatched.record.cost_usd
+                return dispatched.completion
+
+            result = await generate_structured(complete, request, schema,
+                                               feature.spec.model.max_attempts)
+            meta = Meta(feature=feature.name, feature_version=feature.spec.version,
+                        tenant=tenant, override_version=feature.override_version, route=route,
+                        backend=result.completion.backend, model=result.completion.model,
+                        attempts=result.attempts, tokens_in=result.tokens_in,
+                        tokens_out=result.tokens_out,
+                        latency_ms=round((time.monotonic() - started) * 1000, 2),
+                        cost_usd=round(cost, 8), cached=False)
+            # The entry keeps its own copy: callers may mutate the output they are given.
+            entry = CacheEntry(copy.deepcopy(result.output), meta.backend, meta.model)
+            if plan.write:
+                await self.cache.save(plan, entry, schema)
+            return entry, Result(output=result.output, meta=meta)
+
+        if not plan.merge:
+            return (await compute())[1]
+        entry, own = await self.cache.coalesce(plan, compute, schema=schema, deadline=deadline)
+        if own is not None:
+            return own
+        return self._cached_result(feature, entry, tenant=tenant, route=route, started=started)
+
+    def _chain(self, route: str) -> list[BackendId]:
+        """The route's fallback chain as the cache keys it (name, adapter kind, model)."""
+        backends = self.config.backends
+        return [BackendId(name, backends[name].kind, backends[name].model)
+                for name in self.dispatcher.route(route).backends]
+
+    def _cached_result(self, feature: LoadedFeature, entry: CacheEntry, *, tenant: str | None,
+                       route: str, started: float) -> Result:
+        """A result answered without a backend call of its own: no new usage to report."""
         meta = Meta(feature=feature.name, feature_version=feature.spec.version, tenant=tenant,
                     override_version=feature.override_version, route=route,
-                    backend=result.completion.backend, model=result.completion.model,
-                    attempts=result.attempts, tokens_in=result.tokens_in,
-                    tokens_out=result.tokens_out,
-                    latency_ms=round((time.monotonic() - started) * 1000, 2),
-                    cost_usd=round(cost, 8), cached=False)
-        return Result(output=result.output, meta=meta)
+                    backend=entry.backend, model=entry.model, attempts=0, tokens_in=0,
+                    tokens_out=0, latency_ms=round((time.monotonic() - started) * 1000, 2),
+                    cost_usd=0.0, cached=True)
+        return Result(output=copy.deepcopy(entry.output), meta=meta)

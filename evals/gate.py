@@ -20,7 +20,7 @@ def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
 
     async def gate(candidate: LoadedFeature, tenant: str) -> float:
         async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
-            options = RunOptions(cache_read=False, cache_write=False,
+            options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
                                  labels={"case": case_id, "feature": feature})
             result = await engine.run_feature(candidate, input, tenant=tenant, options=options)
             return Invocation(output=result.output, latency_ms=result.meta.latency_ms,

@@ -57,7 +57,7 @@ class EngineInvoker:
     async def __call__(self, feature: str, input: dict[str, Any], *,
                        case_id: str) -> Invocation:
         options = RunOptions(route=self.route, cache_read=False, cache_write=False,
-                             labels={"case": case_id, "feature": feature})
+                             coalesce=False, labels={"case": case_id, "feature": feature})
         result = await self.engine.run(feature, input, tenant=self.tenant, options=options)
         return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
                           cost_usd=result.meta.cost_usd, meta=asdict(result.meta))
@@ -123,7 +123,7 @@ class EngineJudge:
                 "output": json.dumps(output, ensure_ascii=False, sort_keys=True)}
         # The judge runs through the whole pipeline (route fallbacks, deadline, schema
         # enforcement), uncached so a recording holds every judge call.
-        options = RunOptions(cache_read=False, cache_write=False,
+        options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
                              labels={"feature": feature, "case": case_id, "purpose": "judge"})
         result = await self.engine.run_feature(self._feature(route), data, options=options)
         return Verdict(score=float(result.output["score"]), reason=str(result.output["reason"]))

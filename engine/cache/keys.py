@@ -1,0 +1,86 @@
+"""Canonical cache keys: hashes of length-delimited canonical JSON, one field at a time."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.backends.base import CompletionRequest
+from engine.loader import LoadedFeature
+from engine.schemas import canonical_json
+
+#: Bumped when the key material changes, so old entries are never misread.
+KEY_VERSION = "featurelm-cache-1"
+
+
+@dataclass(frozen=True)
+class BackendId:
+    """What identifies a backend's answers: its configured name, adapter kind and model."""
+
+    name: str
+    kind: str
+    model: str
+
+
+@dataclass(frozen=True)
+class CacheKeys:
+    """The keys of one call.
+
+    The answering backend is unknown until the call returns, and a fallback may answer, so an
+    entry is stored under the backend that actually answered (`entry_for`) and a lookup tries
+    every backend of the route's chain in fallback order (`lookup`, one round trip). An
+    answer is then reused wherever its backend serves, and a chain change never serves an
+    answer from a backend that left it. Coalescing is per call, so `flight` hashes the chain.
+    """
+
+    lookup: tuple[tuple[str, str], ...]
+    flight: str
+
+    def entry_for(self, backend: str) -> str | None:
+        return next((key for name, key in self.lookup if name == backend), None)
+
+
+def namespace(feature: LoadedFeature, tenant: str | None) -> list[str]:
+    """Tenants are isolated; a `cache.shared` feature pools them only while no override is
+    active, since an override may change what the same input produces."""
+    if feature.spec.cache.shared and feature.override_version is None:
+        return ["shared"]
+    if tenant is None:
+        return ["operator"]
+    return ["tenant", tenant]
+
+
+def _digest(*fields: Any) -> str:
+    # Each field is canonical JSON (sorted keys, fixed separators) prefixed by its byte
+    # length, so no value can spill into its neighbour and key order never matters.
+    hasher = hashlib.sha256()
+    for value in fields:
+        encoded = canonical_json(value).encode()
+        hasher.update(b"%d:" % len(encoded))
+        hasher.update(encoded)
+    return hasher.hexdigest()
+
+
+def cache_keys(feature: LoadedFeature, request: CompletionRequest, *, tenant: str | None,
+               chain: Sequence[BackendId]) -> CacheKeys:
+    """Keys over everything that decides the output: tenant namespace, feature, effective
+    contract and override version, rendered messages, backend and model, decoding
+    parameters and output schema."""
+    common = (
+        KEY_VERSION,
+        namespace(feature, tenant),
+        feature.name,
+        feature.contract_hash,
+        feature.override_version,
+        [[m.role, m.content] for m in request.messages],
+        {"temperature": request.temperature, "max_tokens": request.max_tokens,
+         "params": dict(request.params)},
+        feature.output_schema_hash,
+    )
+    backends = [[b.name, b.kind, b.model] for b in chain]
+    return CacheKeys(
+        lookup=tuple((b[0], "entry:" + _digest(*common, b)) for b in backends),
+        flight="flight:" + _digest(*common, backends),
+    )
