@@ -1,15 +1,62 @@
-"""Runs the HTTP service with uvicorn on the engine built from featurelm.yaml."""
+"""Runs the HTTP service with uvicorn, with JSON logs and a graceful, draining shutdown.
+
+On SIGTERM, /readyz turns 503 at once while the server keeps serving for `http.drain_s`
+(so a load balancer stops sending new requests), then uvicorn stops accepting connections
+and gives in-flight requests `http.shutdown_grace_s` to finish before exiting.
+"""
 
 from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
 
 import uvicorn
 
 from engine import Engine
 from serving.app import create_app
+from serving.logs import setup_logging
+from serving.state import Lifecycle
+
+log = logging.getLogger("featurelm.serving")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_s = drain_s
+        self._stop_at: float | None = None
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: set flags only (logging here could deadlock on its lock).
+        if sig == signal.SIGTERM and not self.lifecycle.draining:
+            self.lifecycle.draining = True
+            self._stop_at = time.monotonic() + self.drain_s
+            return
+        self.lifecycle.draining = True
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None:
+            if not self._announced:
+                self._announced = True
+                log.info("SIGTERM: draining (readiness fails) for %.1fs, then finishing "
+                         "in-flight requests", self.drain_s)
+            if time.monotonic() >= self._stop_at:
+                self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def serve(*, config: str | None, host: str, port: int) -> int:
+    setup_logging()
     engine = Engine.from_config(config)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=30)
+    lifecycle = Lifecycle()
+    http = engine.config.http
+    uv_config = uvicorn.Config(create_app(engine, lifecycle=lifecycle), host=host, port=port,
+                               log_config=None, access_log=False, server_header=False,
+                               timeout_graceful_shutdown=int(max(1, http.shutdown_grace_s)))
+    DrainingServer(uv_config, lifecycle, http.drain_s).run()
     return 0

@@ -1,0 +1,99 @@
+"""Who is calling: `Authorization: Bearer <api key>` resolved by the tenant store.
+
+The tenant always comes from the key, never from a header or body the client sets. With
+`auth: off` a call without a key runs as no tenant (base features) and may not use the admin
+API; a key that is sent is still checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serving import problems
+from serving.state import services
+
+log = logging.getLogger("featurelm.serving")
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="featurelm"'}
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `featurelm tenant create` "
+                                                  "or `featurelm tenant admin-key`.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str | None
+    admin: bool = False
+    authenticated: bool = False
+
+    @property
+    def actor(self) -> str:
+        """Who to name in the audit log."""
+        if self.admin:
+            return "admin"
+        return f"tenant:{self.tenant}" if self.tenant else "anonymous"
+
+
+ANONYMOUS = Caller(tenant=None)
+
+
+def _unauthorized(detail: str) -> problems.ProblemError:
+    return problems.ProblemError(401, "Unauthorized", "unauthorized", detail, headers=CHALLENGE)
+
+
+async def authenticate(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    """The caller of this request (401 when a key is required and missing, or unknown)."""
+    state = services(request)
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise _unauthorized("use `Authorization: Bearer <api key>`")
+        if state.engine.config.auth == "off":
+            return ANONYMOUS
+        raise _unauthorized("an API key is required: `Authorization: Bearer <api key>`")
+    try:
+        store = await state.engine.store()
+        principal = await store.authenticate(credentials.credentials)
+    except Exception as exc:
+        log.error("tenant store unavailable during authentication: %s", type(exc).__name__)
+        raise problems.ProblemError(503, "Service unavailable", "store-unavailable",
+                                    "the tenant store cannot be reached",
+                                    headers={"Retry-After": "5"}) from None
+    if principal is None:
+        raise _unauthorized("unknown API key")
+    caller = Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
+    request.state.tenant = caller.tenant
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+async def require_key(caller: CallerDep) -> Caller:
+    """Any API key (tenant or admin): the admin API is never anonymous."""
+    if not caller.authenticated:
+        raise _unauthorized("the admin API needs an API key, even with auth: off")
+    return caller
+
+
+async def require_admin(caller: Annotated[Caller, Depends(require_key)]) -> Caller:
+    if not caller.admin:
+        raise problems.ProblemError(403, "Forbidden", "forbidden",
+                                    "this endpoint needs an admin key")
+    return caller
+
+
+def check_tenant(caller: Caller, tenant: str) -> None:
+    """An admin acts on any tenant; a tenant key only on its own (others look nonexistent)."""
+    if caller.admin or caller.tenant == tenant:
+        return
+    raise problems.ProblemError(404, "Not found", "not-found", f"unknown tenant {tenant!r}")
+
+
+KeyCaller = Annotated[Caller, Depends(require_key)]
+AdminCaller = Annotated[Caller, Depends(require_admin)]

@@ -1,0 +1,264 @@
+"""Feature endpoints: call (JSON or server-sent events), batch, listing and contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+from engine import InputError, NotFoundError, OutputError, Result, RunOptions
+from engine.loader import LoadedFeature
+from engine.streaming import Delta, FeatureStream
+from serving import problems
+from serving.auth import Caller, CallerDep
+from serving.idempotency import HEADER as IDEMPOTENCY_HEADER
+from serving.idempotency import KEY_PATTERN, Stored
+from serving.models import FeatureContract, FeatureList, FeatureSummary
+from serving.openapi import ref, schema_name
+from serving.state import Services, services
+
+CALL_ERRORS = (401, 404, 409, 413, 422, 429, 502, 503, 504)
+SSE = "text/event-stream"
+
+router = APIRouter(tags=["features"])
+
+
+def parse_options(raw: Any) -> RunOptions:
+    if raw is None:
+        return RunOptions()
+    if not isinstance(raw, dict) or set(raw) - {"route", "cache"}:
+        raise InputError("options may contain only 'route' and 'cache'")
+    cache = raw.get("cache", "default")
+    route = raw.get("route")
+    if cache not in ("default", "no-cache", "no-store") or not (
+            route is None or isinstance(route, str)):
+        raise InputError("options.cache must be default, no-cache or no-store; "
+                         "options.route a string")
+    return RunOptions(route=route, cache_read=cache != "no-cache", cache_write=cache != "no-store")
+
+
+def parse_body(raw: bytes, field: str) -> dict[str, Any]:
+    """The JSON body `{field: ..., "options": {...}}` (field is "input" or "inputs")."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("request body is not valid JSON") from None
+    if not isinstance(data, dict) or field not in data or set(data) - {field, "options"}:
+        raise InputError(f'request body must be {{"{field}": ..., "options": {{...}}}}')
+    return data
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False).encode(), status_code=status,
+                    media_type="application/json")
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _run(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
+               options: RunOptions) -> Result:
+    try:
+        result = await svc.engine.run_feature(feature, input, tenant=caller.tenant,
+                                              options=options)
+    except InputError as exc:
+        if exc.status == 422:
+            svc.metrics.on_input_refused(feature.name)
+        raise
+    except OutputError as exc:
+        svc.metrics.on_output_failed(feature.name, len(exc.attempts))
+        raise
+    await _account(svc, caller, result)
+    return result
+
+
+async def _account(svc: Services, caller: Caller, result: Result) -> None:
+    svc.metrics.on_result(result.meta)
+    if not result.meta.cached:
+        await svc.limiter.spend(caller.tenant, result.meta.tokens_in + result.meta.tokens_out)
+
+
+async def _idempotent(svc: Services, caller: Caller, request: Request, raw: bytes,
+                      produce: Callable[[], Awaitable[Stored]]) -> Response:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        stored = await produce()
+    else:
+        # The route is part of the body hash: one key cannot replay across endpoints.
+        stored = await svc.idempotency.run(caller.tenant, key,
+                                           request.url.path.encode() + b"\0" + raw, produce)
+    headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
+    return Response(stored.body, status_code=stored.status, media_type="application/json",
+                    headers=headers)
+
+
+async def _admit(svc: Services, caller: Caller, name: str, calls: int) -> LoadedFeature:
+    """Resolve the feature for this caller and charge the tenant's limits."""
+    feature = await svc.engine.resolve(name, caller.tenant)
+    await svc.limiter.take(caller.tenant, calls)
+    await svc.limiter.check_quota(caller.tenant)
+    return feature
+
+
+async def call_feature(name: str, request: Request, caller: Caller) -> Response:
+    svc = services(request)
+    request.state.feature = name
+    raw = await request.body()
+    data = parse_body(raw, "input")
+    options = parse_options(data.get("options"))
+    feature = await _admit(svc, caller, name, 1)
+    if SSE in request.headers.get("accept", ""):
+        return _stream(svc, caller, feature, data["input"], options)
+
+    async def produce() -> Stored:
+        result = await _run(svc, caller, feature, data["input"], options)
+        body = {"output": result.output, "meta": asdict(result.meta)}
+        return Stored(200, json.dumps(body, ensure_ascii=False).encode())
+
+    return await _idempotent(svc, caller, request, raw, produce)
+
+
+def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
+            options: RunOptions) -> StreamingResponse:
+    # Constructing the stream validates input and budget: those errors are plain 4xx answers.
+    stream = FeatureStream(svc.engine, feature, input, tenant=caller.tenant, options=options)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield _sse("progress", {"stage": "started", "feature": feature.name})
+        try:
+            async for event in stream.events():
+                if isinstance(event, Delta):
+                    yield _sse("delta", {"attempt": event.attempt, "text": event.text})
+                else:
+                    await _account(svc, caller, event.result)
+                    yield _sse("result", {"output": event.result.output,
+                                          "meta": asdict(event.result.meta)})
+        except Exception as exc:
+            if isinstance(exc, OutputError):
+                svc.metrics.on_output_failed(feature.name, len(exc.attempts))
+            _, body, _ = problems.from_exception(exc)
+            yield _sse("error", body)
+
+    return StreamingResponse(events(), media_type=SSE,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def call_batch(name: str, request: Request, caller: Caller) -> Response:
+    svc = services(request)
+    request.state.feature = name
+    raw = await request.body()
+    data = parse_body(raw, "inputs")
+    inputs = data["inputs"]
+    limit = svc.engine.config.http.batch_max_items
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("inputs must be a non-empty list of input objects")
+    if len(inputs) > limit:
+        raise InputError(f"a batch holds at most {limit} inputs; this one has {len(inputs)}",
+                         status=413)
+    options = parse_options(data.get("options"))
+    feature = await _admit(svc, caller, name, len(inputs))
+    gate = asyncio.Semaphore(svc.engine.config.http.batch_concurrency)
+
+    async def one(input: Any) -> dict[str, Any]:
+        async with gate:
+            try:
+                result = await _run(svc, caller, feature, input, options)
+            except Exception as exc:
+                _, body, _ = problems.from_exception(exc)
+                return {"error": body}
+            return {"output": result.output, "meta": asdict(result.meta)}
+
+    async def produce() -> Stored:
+        results = await asyncio.gather(*(one(i) for i in inputs))
+        return Stored(200, json.dumps({"results": results}, ensure_ascii=False).encode())
+
+    return await _idempotent(svc, caller, request, raw, produce)
+
+
+def _endpoints(name: str) -> tuple[Callable[..., Awaitable[Response]],
+                                   Callable[..., Awaitable[Response]]]:
+    async def call(request: Request, caller: CallerDep) -> Response:
+        return await call_feature(name, request, caller)
+
+    async def batch(request: Request, caller: CallerDep) -> Response:
+        return await call_batch(name, request, caller)
+
+    return call, batch
+
+
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+    "description": "Retrying a POST with the same key returns the first result (per tenant).",
+    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+}
+
+
+def add_feature_routes(app: FastAPI, features: list[LoadedFeature]) -> None:
+    """One typed POST operation (and one batch operation) per feature."""
+    for feature in features:
+        call, batch = _endpoints(feature.name)
+        summary = feature.spec.description.split("\n")[0] or None
+
+        def body(schema: str) -> dict[str, Any]:
+            return {"required": True, "content": {"application/json": {"schema": ref(schema)}}}
+
+        app.add_api_route(
+            f"/v1/features/{feature.name}", call, methods=["POST"], name=f"run_{feature.name}",
+            operation_id=f"run_{feature.name}", summary=summary,
+            description=feature.spec.description, tags=["features"],
+            responses=problems.responses(*CALL_ERRORS),
+            openapi_extra={
+                "parameters": [IDEMPOTENCY_PARAMETER],
+                "requestBody": body(schema_name(feature.name, "Request")),
+                "responses": {"200": {
+                    "description": "Schema-valid output, or with `Accept: text/event-stream` "
+                                   "server-sent events: progress, delta (raw model text), "
+                                   "then result (the validated output) or error.",
+                    "content": {
+                        "application/json": {"schema": ref(schema_name(feature.name,
+                                                                       "Response"))},
+                        SSE: {"schema": {"type": "string"}}}}},
+            })
+        app.add_api_route(
+            f"/v1/features/{feature.name}/batch", batch, methods=["POST"],
+            name=f"batch_{feature.name}", operation_id=f"batch_{feature.name}",
+            summary=f"{feature.name} for a list of inputs", tags=["features"],
+            responses=problems.responses(*CALL_ERRORS),
+            openapi_extra={
+                "parameters": [IDEMPOTENCY_PARAMETER],
+                "requestBody": body(schema_name(feature.name, "BatchRequest")),
+                "responses": {"200": {
+                    "description": "One result or error per input, in order.",
+                    "content": {"application/json": {"schema": ref(
+                        schema_name(feature.name, "BatchResponse"))}}}},
+            })
+
+
+@router.post("/v1/features/{name}", include_in_schema=False)
+@router.post("/v1/features/{name}/batch", include_in_schema=False)
+async def unknown_feature(name: str, caller: CallerDep) -> Response:
+    raise NotFoundError(f"unknown feature {name!r}")
+
+
+@router.get("/v1/features", response_model=FeatureList, responses=problems.responses(401))
+async def list_features(request: Request, caller: CallerDep) -> FeatureList:
+    return FeatureList(features=[
+        FeatureSummary(name=f.name, version=f.spec.version, description=f.spec.description)
+        for f in services(request).engine.registry.all()])
+
+
+@router.get("/v1/features/{name}", response_model=FeatureContract,
+            responses=problems.responses(401, 404))
+async def get_feature(name: str, request: Request, caller: CallerDep) -> FeatureContract:
+    feature = services(request).engine.registry.get(name)
+    if feature is None:
+        raise NotFoundError(f"unknown feature {name!r}")
+    spec = feature.spec
+    return FeatureContract(name=spec.name, version=spec.version, description=spec.description,
+                           input=spec.input, output=spec.output)

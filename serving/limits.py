@@ -1,0 +1,132 @@
+"""Request limits: body size (before and while reading), per-tenant rate limit and token quota.
+
+Rate limit and quota are fixed windows counted in the shared KV (Redis across replicas),
+keyed by the tenant the API key resolved to; anonymous calls (auth: off) share one bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.config import HttpConfig
+from serving import problems
+from serving.kv import KV
+
+ANONYMOUS = "-"
+
+
+class BodyTooLarge(Exception):
+    """Raised from `receive` once more than the limit has arrived."""
+
+
+def _too_large(limit: int) -> problems.ProblemError:
+    return problems.ProblemError(413, "Request too large", "too-large",
+                                 f"the request body is over the {limit}-byte limit")
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes: at once on Content-Length, else as they stream in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await self._refuse(scope, send)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        error = _too_large(self.limit)
+        data = json.dumps(problems.body(error.status, error.title, error.kind,
+                                        error.detail)).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", problems.MEDIA_TYPE.encode()),
+            (b"content-length", str(len(data)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _retry_after(window_s: int, now: float) -> str:
+    return str(max(1, math.ceil(window_s - now % window_s)))
+
+
+class Limiter:
+    """Per-tenant request rate and token quota, in fixed windows of wall-clock time."""
+
+    def __init__(self, kv: KV, config: HttpConfig) -> None:
+        self.kv = kv
+        self.config = config
+
+    async def take(self, tenant: str | None, calls: int = 1) -> None:
+        """Count `calls` against the tenant's minute; 429 once over the limit."""
+        limit = self.config.rate_limit_per_minute
+        if limit == 0:
+            return
+        now = time.time()
+        key = f"rate:{tenant or ANONYMOUS}:{int(now // 60)}"
+        count = await self.kv.incr(key, calls, 60)
+        if count > limit:
+            raise problems.ProblemError(
+                429, "Rate limit exceeded", "rate-limited",
+                f"over {limit} calls per minute for this tenant",
+                headers={"Retry-After": _retry_after(60, now)})
+
+    def _quota_key(self, tenant: str | None, now: float) -> str:
+        window = self.config.token_quota_window_s
+        return f"tokens:{tenant or ANONYMOUS}:{int(now // window)}"
+
+    async def check_quota(self, tenant: str | None) -> None:
+        """429 if the tenant has used its token quota for this window."""
+        quota = self.config.token_quota
+        if quota == 0:
+            return
+        now = time.time()
+        used = int(await self.kv.get(self._quota_key(tenant, now)) or 0)
+        if used >= quota:
+            raise problems.ProblemError(
+                429, "Token quota exceeded", "quota-exceeded",
+                f"this tenant used its {quota} tokens for the current window",
+                headers={"Retry-After": _retry_after(self.config.token_quota_window_s, now)})
+
+    async def spend(self, tenant: str | None, tokens: int) -> None:
+        if self.config.token_quota == 0 or tokens <= 0:
+            return
+        await self.kv.incr(self._quota_key(tenant, time.time()), tokens,
+                           self.config.token_quota_window_s)

@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 document: each feature's request and response schemas from its contract,
+under components/schemas and referenced by $ref, so generated clients are typed per feature."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import TypeAdapter
+
+from engine.engine import Meta
+from engine.loader import LoadedFeature
+from serving import problems
+
+REF = "#/components/schemas/"
+
+OPTIONS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Per-call choices; everything else is the engine's business.",
+    "properties": {
+        "route": {"type": "string", "description": "Another route from the feature's allowed "
+                                                   "list."},
+        "cache": {"type": "string", "enum": ["default", "no-cache", "no-store"],
+                  "description": "no-cache skips the cache read; no-store skips the write."},
+    },
+}
+
+
+def schema_name(feature: str, suffix: str) -> str:
+    """`ticket_triage` + `Input` -> `TicketTriageInput`."""
+    return "".join(part.capitalize() for part in feature.split("_")) + suffix
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+def _rebase_refs(schema: Any, base: str) -> Any:
+    """Point a contract's local refs (`#/$defs/x`) at where the schema now lives."""
+    if isinstance(schema, dict):
+        out = {k: _rebase_refs(v, base) for k, v in schema.items()}
+        target = schema.get("$ref")
+        if isinstance(target, str) and target.startswith("#"):
+            out["$ref"] = base + target[1:]
+        return out
+    if isinstance(schema, list):
+        return [_rebase_refs(v, base) for v in schema]
+    return schema
+
+
+def _contract_schema(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    embedded = _rebase_refs(copy.deepcopy(schema), REF + name)
+    # The document's dialect is 2020-12 already; a nested $schema/$id would re-base refs.
+    embedded.pop("$schema", None)
+    embedded.pop("$id", None)
+    return dict(embedded)
+
+
+def feature_components(feature: LoadedFeature,
+                       batch_max_items: int) -> dict[str, dict[str, Any]]:
+    """Input, Output, Request, Response, BatchRequest and BatchResponse of one feature."""
+    n = feature.name
+    item_error = {"type": "object", "required": ["error"], "additionalProperties": False,
+                  "properties": {"error": ref("Problem")}}
+    return {
+        schema_name(n, "Input"): _contract_schema(feature.spec.input, schema_name(n, "Input")),
+        schema_name(n, "Output"): _contract_schema(feature.spec.output,
+                                                   schema_name(n, "Output")),
+        schema_name(n, "Request"): {
+            "type": "object", "required": ["input"], "additionalProperties": False,
+            "properties": {"input": ref(schema_name(n, "Input")), "options": ref("RunOptions")}},
+        schema_name(n, "Response"): {
+            "type": "object", "required": ["output", "meta"],
+            "properties": {"output": ref(schema_name(n, "Output")), "meta": ref("Meta")}},
+        schema_name(n, "BatchRequest"): {
+            "type": "object", "required": ["inputs"], "additionalProperties": False,
+            "properties": {"inputs": {"type": "array", "minItems": 1,
+                                      "maxItems": batch_max_items,
+                                      "items": ref(schema_name(n, "Input"))},
+                           "options": ref("RunOptions")}},
+        schema_name(n, "BatchResponse"): {
+            "type": "object", "required": ["results"],
+            "properties": {"results": {"type": "array", "items": {
+                "oneOf": [ref(schema_name(n, "Response")), item_error]}}}},
+    }
+
+
+def meta_schema() -> dict[str, Any]:
+    schema = TypeAdapter(Meta).json_schema()
+    schema["description"] = ("How the result was produced: backend, model, attempts, tokens, "
+                             "cost, cache.")
+    schema["required"] = [f.name for f in fields(Meta)]
+    return schema
+
+
+def build(app: FastAPI, features: list[LoadedFeature], batch_max_items: int) -> dict[str, Any]:
+    spec = get_openapi(title=app.title, version=app.version, openapi_version="3.1.0",
+                       description=app.description, routes=app.routes, tags=app.openapi_tags)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = problems.PROBLEM_SCHEMA
+    schemas["RunOptions"] = OPTIONS_SCHEMA
+    schemas["Meta"] = meta_schema()
+    for feature in features:
+        schemas.update(feature_components(feature, batch_max_items))
+    return spec
+
+
+def install(app: FastAPI, features: list[LoadedFeature], batch_max_items: int) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app, features, batch_max_items)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,76 @@
+"""Operations endpoints: liveness, readiness (store, cache, backends, not draining), metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from engine.dispatch import BreakerState
+from serving import metrics, problems
+from serving.auth import CallerDep
+from serving.models import Health, Readiness
+from serving.state import Services, services
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger("featurelm.serving")
+CHECK_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up (restart it if this fails)."""
+    return Health(status="ok")
+
+
+async def _check(name: str, probe: asyncio.Future[None] | asyncio.Task[None]) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await probe
+    except Exception as exc:
+        log.warning("readiness check %s failed: %s", name, type(exc).__name__)
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+def _backends(svc: Services) -> str:
+    # A route whose every backend has an open breaker cannot answer anything.
+    dispatcher = svc.engine.dispatcher
+    dead = [route for route, rc in dispatcher.routes.items()
+            if all(dispatcher.breakers[b].state is BreakerState.OPEN for b in rc.backends)]
+    return f"circuit open on route(s): {', '.join(dead)}" if dead else "ok"
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"description": "Not ready (draining, or a dependency is down)",
+                             "content": {"application/json": {"schema": {
+                                 "$ref": "#/components/schemas/Readiness"}}}}})
+async def readyz(request: Request) -> Response:
+    """Send traffic here? No while shutting down or while a dependency is unreachable."""
+    svc = services(request)
+
+    async def store() -> None:
+        await (await svc.engine.store()).ping()
+
+    checks = {
+        "shutdown": "draining" if svc.lifecycle.draining else "ok",
+        "store": await _check("store", asyncio.ensure_future(store())),
+        "cache": await _check("cache", asyncio.ensure_future(svc.kv.ping())),
+        "backends": _backends(svc),
+    }
+    ready = all(v == "ok" for v in checks.values())
+    body = Readiness(status="ready" if ready else "not ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text format",
+          "content": {metrics.CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
+    **problems.responses(401, 403)})
+async def prometheus(request: Request, caller: CallerDep) -> Response:
+    """Needs an admin key when auth is required: the labels name tenants and their costs."""
+    if services(request).engine.config.auth == "required" and not caller.admin:
+        raise problems.ProblemError(403, "Forbidden", "forbidden", "/metrics needs an admin key")
+    return Response(services(request).metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,37 @@
+"""What the routes share: the engine and the service objects built around it for one app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from fastapi import Request
+
+from engine import Engine
+
+if TYPE_CHECKING:
+    from serving.idempotency import Idempotency
+    from serving.kv import KV
+    from serving.limits import Limiter
+    from serving.metrics import Metrics
+
+
+@dataclass
+class Lifecycle:
+    """Set by the server on SIGTERM: /readyz fails from then on, so traffic drains away."""
+
+    draining: bool = False
+
+
+@dataclass
+class Services:
+    engine: Engine
+    kv: KV
+    limiter: Limiter
+    idempotency: Idempotency
+    metrics: Metrics
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+
+def services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)

@@ -1,0 +1,65 @@
+"""Limits and idempotency on Redis hold across app instances (replicas) sharing it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from engine.config import HttpConfig
+from serving.idempotency import Idempotency, Stored
+from serving.kv import RedisKV
+from serving.limits import Limiter
+from serving.problems import ProblemError
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[RedisKV, RedisKV]]:
+    prefix = f"test-featurelm-{secrets.token_hex(6)}:"
+    kvs = (RedisKV("redis://127.0.0.1:6379/0", prefix=prefix),
+           RedisKV("redis://127.0.0.1:6379/0", prefix=prefix))
+    yield kvs
+    for kv in kvs:
+        await kv.aclose()
+
+
+async def test_rate_limit_is_shared_between_replicas(replicas: tuple[RedisKV, RedisKV]) -> None:
+    config = HttpConfig(rate_limit_per_minute=3)
+    one, two = (Limiter(kv, config) for kv in replicas)
+    await one.take("acme", 2)
+    await two.take("acme")
+    with pytest.raises(ProblemError) as refused:
+        await one.take("acme")
+    assert refused.value.status == 429 and "Retry-After" in refused.value.headers
+    await two.take("globex")  # another tenant's bucket
+
+
+async def test_token_quota_is_shared_between_replicas(
+        replicas: tuple[RedisKV, RedisKV]) -> None:
+    config = HttpConfig(token_quota=100)
+    one, two = (Limiter(kv, config) for kv in replicas)
+    await one.spend("acme", 100)
+    with pytest.raises(ProblemError):
+        await two.check_quota("acme")
+    await two.check_quota("globex")
+
+
+async def test_idempotent_result_replays_on_another_replica(
+        replicas: tuple[RedisKV, RedisKV]) -> None:
+    one, two = (Idempotency(kv, 60) for kv in replicas)
+    calls = 0
+
+    async def produce() -> Stored:
+        nonlocal calls
+        calls += 1
+        return Stored(200, b'{"n": 1}')
+
+    first = await one.run("acme", "k1", b"body", produce)
+    again = await two.run("acme", "k1", b"body", produce)
+    assert (first.replayed, again.replayed, again.body, calls) == (False, True, b'{"n": 1}', 1)
+    with pytest.raises(ProblemError) as reused:
+        await two.run("acme", "k1", b"other body", produce)
+    assert reused.value.status == 422
