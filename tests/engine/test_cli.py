@@ -30,6 +30,23 @@ def test_run_prints_output_and_meta_as_json(make_project: ProjectFactory) -> Non
     assert body["meta"]["backend"] == "primary"
 
 
+def test_run_without_a_hosted_backend_never_imports_litellm(
+        make_project: ProjectFactory) -> None:
+    config = make_project(backends={"vllm": {"kind": "openai", "options": {
+        "base_urls": ["http://127.0.0.1:9/v1"]}}, "primary": {"kind": "scripted", "options": {
+        "replies": ['{"sentiment": "positive"}']}}},
+        routes={"default": {"backends": ["primary", "vllm"]}})
+    script = ("import sys\n"
+              "from engine.cli import main\n"
+              f"code = main(['--config', {str(config)!r}, 'run', 'sentiment', "
+              "'--input', '{\"text\": \"great\"}'])\n"
+              "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'litellm'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []"
+
+
 def test_run_reads_input_from_a_file(make_project: ProjectFactory, tmp_path: Path) -> None:
     (tmp_path / "in.json").write_text('{"text": "great"}')
     done = featurelm(make_project(), "run", "sentiment", "--input", f"@{tmp_path / 'in.json'}")
