@@ -155,9 +155,15 @@ async def _override(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.engine import Engine
+    from evals.gate import make_eval_gate
     from serving.server import serve
 
-    return serve(config=args.config, host=args.host, port=args.port)
+    def with_eval_gate(engine: Engine) -> None:
+        # The admin API's `run_evals=true` gates an override on the feature's eval cases.
+        engine.overrides.eval_gate = make_eval_gate(engine)
+
+    return serve(config=args.config, host=args.host, port=args.port, prepare=with_eval_gate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -50,9 +51,13 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(*, config: str | None, host: str, port: int) -> int:
+def serve(*, config: str | None, host: str, port: int,
+          prepare: Callable[[Engine], None] | None = None) -> int:
+    """Serve until SIGTERM; `prepare` adds what serving itself may not import (the eval gate)."""
     setup_logging()
     engine = Engine.from_config(config)
+    if prepare is not None:
+        prepare(engine)
     lifecycle = Lifecycle()
     http = engine.config.http
     uv_config = uvicorn.Config(create_app(engine, lifecycle=lifecycle), host=host, port=port,
