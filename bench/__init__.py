@@ -1,0 +1,1 @@
+"""Benchmarks of featurelm: ratios measured side by side in one run (`make bench`)."""
