@@ -30,7 +30,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check engine serving evals tests
+	$(BIN)/ruff check engine serving evals bench tests
 	$(BIN)/mypy
 
 bench: install
