@@ -8,14 +8,14 @@ PORT ?= 8000
 # model (CPU torch) used by the semantic-similarity eval assertion.
 EXTRAS ?= dev
 
-.PHONY: install serve test test-fast lint bench eval-live eval-record schema clean
+.PHONY: install serve test test-fast lint bench eval-live eval-record lock schema clean
 
 # Re-install only when the project metadata changes; pip's wheel cache keeps
 # the llama-cpp-python build (several minutes the first time) for later runs.
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
@@ -43,6 +43,12 @@ eval-live: install
 # Re-record the cassettes CI replays, after a deliberate prompt or model change.
 eval-record: install
 	$(BIN)/featurelm eval --record evals/cassettes --report reports/eval-record
+
+# Pin what the suite passed with (run after `make test EXTRAS=dev,similarity` succeeds).
+lock: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v '^featurelm' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 schema: install
 	$(BIN)/featurelm schema > schemas/feature.schema.json
