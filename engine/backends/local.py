@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import tempfile
@@ -26,7 +27,6 @@ from engine.backends import register
 from engine.backends.base import Capabilities, Completion, CompletionRequest, Message, Usage
 from engine.config import BackendConfig
 from engine.errors import BackendError
-from engine.schemas import canonical_json
 
 _ASSEMBLE_LOCK = threading.Lock()
 log = logging.getLogger("featurelm.llama_cpp")
@@ -134,7 +134,9 @@ class LocalLlamaBackend:
             if params.get(key) is not None:
                 kwargs[key] = params[key]
         if request.output_schema is not None:
-            kwargs["grammar"] = _grammar(canonical_json(request.output_schema))
+            # Declared key order, not sorted: the grammar emits properties in this order, and
+            # the contract's order (say, reasoning before verdict) is the one to generate in.
+            kwargs["grammar"] = _grammar(json.dumps(request.output_schema))
         # Streaming lets a generation stop at the deadline: leaving the loop ends it.
         parts: list[str] = []
         finish_reason = "stop"

@@ -69,3 +69,13 @@ async def test_deadline_stops_a_long_generation(backend: LocalLlamaBackend) -> N
         await backend.complete(request)
     assert caught.value.timeout and caught.value.retryable
     assert time.monotonic() - started < 5, "the generation ran on long after its deadline"
+
+
+async def test_properties_are_generated_in_the_contract_order(backend: LocalLlamaBackend) -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["zeta", "alpha"],
+              "properties": {"zeta": {"type": "string", "enum": ["z"]},
+                             "alpha": {"type": "string", "enum": ["a"]}}}
+    request = CompletionRequest(messages=(Message("user", "Answer."),), output_schema=schema,
+                                max_tokens=32)
+    completion = await backend.complete(request)
+    assert list(json.loads(completion.text)) == ["zeta", "alpha"]
