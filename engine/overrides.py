@@ -106,7 +106,15 @@ class Overrides:
 
     def build(self, tenant: str, feature: str, yaml_text: str,
               version: int | None = None) -> LoadedFeature:
-        """Check an override text against its base feature and return the merged feature."""
+        """Check an override text against its base feature and return the merged feature.
+
+        Every render of the check shares one render budget, so a slow template times the
+        number of examples cannot stall the worker for longer than one render deadline."""
+        with self.renderer.budget():
+            return self._build(tenant, feature, yaml_text, version)
+
+    def _build(self, tenant: str, feature: str, yaml_text: str,
+               version: int | None) -> LoadedFeature:
         base = self._base(feature)
         source = f"override {tenant}/{feature}" + (f" v{version}" if version else "")
         patch = load_yaml_text(yaml_text, source=source,
@@ -162,8 +170,13 @@ class Overrides:
         base = self._base(candidate.name)
         inputs = [e.input for e in base.spec.examples] or [e.input for e in
                                                              candidate.spec.examples]
-        return [[{"role": m.role, "content": m.content}
-                 for m in candidate.render_messages(self.renderer, i)] for i in inputs]
+        try:
+            with self.renderer.budget():
+                return [[{"role": m.role, "content": m.content}
+                         for m in candidate.render_messages(self.renderer, i)] for i in inputs]
+        except TemplateRefused as exc:
+            raise ContractError([ContractIssue(candidate.source, "prompt", str(exc),
+                                               "fix the template")]) from None
 
     async def apply(self, tenant: str, feature: str, yaml_text: str, *, author: str,
                     dry_run: bool = False, activate: bool = True,
@@ -172,8 +185,10 @@ class Overrides:
         store = await self._store()
         if await store.get_tenant(tenant) is None:
             raise NotFoundError(f"unknown tenant {tenant!r}")
-        candidate = self.build(tenant, feature, yaml_text)
-        rendered = self._rendered(candidate)
+        # Rendering is CPU work bounded by the render budget: off the event loop, so a
+        # tenant's slow template never delays other requests.
+        candidate = await asyncio.to_thread(self.build, tenant, feature, yaml_text)
+        rendered = await asyncio.to_thread(self._rendered, candidate)
         pass_rate = None
         if run_evals:
             if self.eval_gate is None:
@@ -215,7 +230,7 @@ class Overrides:
         if stored is None:
             raise NotFoundError(f"tenant {tenant!r} has no version {version} of {feature!r}")
         # Re-check against today's base feature: it may have changed since the save.
-        self.build(tenant, feature, stored.yaml_text, version)
+        await asyncio.to_thread(self.build, tenant, feature, stored.yaml_text, version)
         switched = await store.activate(tenant, feature, version, author=author,
                                         action=action)
         self._forget(tenant, feature)
@@ -269,7 +284,8 @@ class Overrides:
         resolved = base
         if active is not None:
             try:
-                resolved = self.build(tenant, feature, active.yaml_text, active.version)
+                resolved = await asyncio.to_thread(self.build, tenant, feature,
+                                                   active.yaml_text, active.version)
             except ContractError as exc:
                 # The operator changed the base feature since this version was checked: the
                 # product keeps working on the base feature until the tenant fixes it.

@@ -2,7 +2,8 @@
 
 User-supplied schemas are untrusted: `pattern` and `patternProperties` run on RE2 (linear
 time, no catastrophic backtracking), schemas and instances have size and depth limits, and
-`$ref` may only point inside the schema itself. Validators are compiled once per schema.
+`$ref` may only point inside the schema itself, at something that exists, and never in a loop
+that applies a schema to the same value forever. Validators are compiled once per schema.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import json
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 import re2
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
 
 from engine.errors import SchemaViolation
 
@@ -92,6 +95,77 @@ def _walk(schema: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             stack.extend((f"{here}.{i}", v) for i, v in enumerate(node))
 
 
+def _resolve_local(root: Any, ref: str) -> Any | None:
+    """The subschema a '#...' ref names (JSON pointer or $anchor), or None if there is none."""
+    fragment = unquote(ref[1:])
+    if fragment == "":
+        return root
+    if not fragment.startswith("/"):
+        return next((node for _, node in _walk(root)
+                     if isinstance(node, dict) and node.get("$anchor") == fragment), None)
+    node = root
+    for part in fragment[1:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _in_place(root: Any, node: dict[str, Any]) -> Iterator[Any]:
+    """Subschemas applied to the same value as `node` (no property or item is consumed)."""
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        yield _resolve_local(root, ref)
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            yield from node[key]
+    for key in ("not", "if", "then", "else"):
+        yield node.get(key)
+    if isinstance(node.get("dependentSchemas"), dict):
+        yield from node["dependentSchemas"].values()
+
+
+def _ref_problems(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """Refs to nothing, and ref loops that never consume input (validation would recurse
+    until the stack runs out), found by an iterative depth-first search."""
+    problems: list[tuple[str, str]] = []
+    where = {id(node): path for path, node in _walk(schema) if isinstance(node, dict)}
+    for path, node in _walk(schema):
+        ref = node.get("$ref") if isinstance(node, dict) else None
+        if isinstance(ref, str) and ref.startswith("#") and not isinstance(
+                _resolve_local(schema, ref), dict | bool):
+            problems.append((path, f"$ref {ref!r} points to nothing in this schema"))
+    if problems:
+        return problems
+    nodes = {id(n): n for _, n in _walk(schema) if isinstance(n, dict)}
+    done: set[int] = set()
+    exhausted = object()
+    for first in nodes:
+        if first in done:
+            continue
+        on_path = {first}
+        stack: list[tuple[int, Iterator[Any]]] = [(first, _in_place(schema, nodes[first]))]
+        while stack:
+            current, children = stack[-1]
+            child = next(children, exhausted)
+            if child is exhausted:
+                stack.pop()
+                on_path.discard(current)
+                done.add(current)
+            elif isinstance(child, dict) and id(child) not in done:
+                if id(child) in on_path:
+                    return [(where.get(current, ""), "$ref loop: this schema applies itself to "
+                             "the same value forever; a recursive schema must go through "
+                             "properties or items")]
+                on_path.add(id(child))
+                stack.append((id(child), _in_place(schema, child)))
+    return problems
+
+
 def schema_problems(schema: Any) -> list[tuple[str, str]]:
     """Problems with a schema as (path inside the schema, message); empty when it is usable."""
     if not isinstance(schema, dict):
@@ -128,7 +202,7 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
             except re2.error as exc:
                 problems.append((where, f"pattern {pattern!r} is not supported: {exc} (patterns "
                                         "use RE2 syntax: no backreferences or lookaround)"))
-    return problems
+    return problems or _ref_problems(schema)
 
 
 @lru_cache(maxsize=512)
@@ -156,9 +230,18 @@ def violations(schema: Mapping[str, Any], instance: Any) -> list[SchemaViolation
     found = []
     try:
         for error in compile_validator(schema).iter_errors(instance):
-            found.append(SchemaViolation(_json_path(error), error.message[:300]))
+            message = error.message
+            if len(message) > 300:
+                # jsonschema quotes the whole value: a huge one would crowd out what failed.
+                message = (f"value fails {error.validator}: "
+                           f"{canonical_json(error.validator_value)[:200]}")
+            found.append(SchemaViolation(_json_path(error), message))
             if len(found) >= MAX_VIOLATIONS:
                 break
     except RecursionError:
         return [SchemaViolation("$", "schema recursion too deep for this input")]
+    except Unresolvable as exc:
+        # schema_problems refuses such schemas at load; a schema built elsewhere still must
+        # not turn a caller's input into a 500.
+        return [SchemaViolation("$", f"the schema has an unresolvable $ref: {exc}"[:300])]
     return sorted(found, key=lambda v: v.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -42,10 +43,42 @@ def parse_options(raw: Any) -> RunOptions:
     return RunOptions(route=route, cache_read=cache != "no-cache", cache_write=cache != "no-store")
 
 
+class _StrictJSON(ValueError):
+    """Valid for Python's json module, but not strict JSON (RFC 8259) or ambiguous."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _StrictJSON(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _StrictJSON(f"number {text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _StrictJSON(f"duplicate key {key[:80]!r}")
+        data[key] = value
+    return data
+
+
 def parse_body(raw: bytes, field: str) -> dict[str, Any]:
-    """The JSON body `{field: ..., "options": {...}}` (field is "input" or "inputs")."""
+    """The JSON body `{field: ..., "options": {...}}` (field is "input" or "inputs").
+
+    Strict: no NaN/Infinity (they would flow into outputs as invalid JSON), no duplicate keys
+    (which value wins differs between parsers), and hostile nesting is a 422, not a 500."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite,
+                          object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InputError("request body is nested too deeply") from None
+    except _StrictJSON as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise InputError("request body is not valid JSON") from None
     if not isinstance(data, dict) or field not in data or set(data) - {field, "options"}:
