@@ -10,6 +10,7 @@ import asyncio
 import copy
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -24,11 +25,11 @@ from engine.backends.base import Completion, CompletionRequest
 from engine.cache import BackendId, CacheEntry, ResultCache, build_store
 from engine.config import EngineConfig, load_config
 from engine.dispatch import CallRecord, Dispatched, Dispatcher
-from engine.errors import InputError
+from engine.errors import InputError, SchemaViolation
 from engine.loader import FeatureRegistry, LoadedFeature
 from engine.overrides import EvalGate, Overrides
 from engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
-from engine.schemas import canonical_json, violations
+from engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
 from engine.structured import generate_structured
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("featurelm.engine")
 
 BackendWrapper = Callable[[Backend], Backend]
+#: Encodes exactly like engine.schemas.canonical_json, built once (json.dumps with options
+#: builds a new encoder on every call).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,16 @@ class Engine:
     def validate_input(self, feature: LoadedFeature, input: Any) -> dict[str, Any]:
         if not isinstance(input, dict):
             raise InputError("input must be a JSON object")
-        size = len(canonical_json(input).encode())
+        # Depth first, iteratively: serializing a hostile nesting would hit the recursion limit.
+        if json_depth(input) > MAX_INSTANCE_DEPTH:
+            raise InputError("input is nested too deeply", [SchemaViolation(
+                "$", f"nested deeper than {MAX_INSTANCE_DEPTH} levels")])
+        try:
+            # canonical_json's bytes, counted without building the bytes (it is pure ASCII).
+            size = len(_CANONICAL_JSON.encode(input))
+        except (TypeError, ValueError):
+            raise InputError("input must be JSON data (objects, arrays, strings, numbers, "
+                             "booleans, null)") from None
         if size > self.config.limits.max_input_bytes:
             raise InputError(f"input is {size} bytes, over the "
                              f"{self.config.limits.max_input_bytes}-byte limit", status=413)

@@ -43,6 +43,9 @@ class LoadedFeature:
     #: Tenant override version merged into this feature, if any.
     override_version: int | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    #: Per renderer: the turns that do not depend on the input (see `_constant_turns`).
+    _constant: dict[PromptRenderer, tuple[Message | None, str, tuple[Message, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -54,15 +57,36 @@ class LoadedFeature:
     def render_messages(self, renderer: PromptRenderer,
                         input: Mapping[str, Any]) -> tuple[Message, ...]:
         """System turn (with the output schema), few-shot turns, then the caller's input."""
-        instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(self.spec.output,
-                                                                  ensure_ascii=False))
-        system = renderer.render(self.system, input) if self.system else ""
-        messages = [Message("system", f"{system}\n\n{instruction}".strip())]
-        for example in self.spec.examples:
-            messages.append(Message("user", renderer.render(self.user, example.input)))
-            messages.append(Message("assistant", json.dumps(example.output, ensure_ascii=False)))
-        messages.append(Message("user", renderer.render(self.user, input)))
-        return tuple(messages)
+        # One deadline for the whole conversation: a template just under the per-render
+        # deadline must not cost that deadline once per few-shot example.
+        with renderer.budget():
+            system, instruction, examples = self._constant_turns(renderer)
+            if system is None:
+                assert self.system is not None
+                text = renderer.render(self.system, input)
+                system = Message("system", f"{text}\n\n{instruction}".strip())
+            user = Message("user", renderer.render(self.user, input))
+        return (system, *examples, user)
+
+    def _constant_turns(self, renderer: PromptRenderer,
+                        ) -> tuple[Message | None, str, tuple[Message, ...]]:
+        """(system turn if it does not depend on the input, schema instruction, few-shot
+        turns): the same on every call of this feature version, so rendered on first use."""
+        cached = self._constant.get(renderer)
+        if cached is None:
+            instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(self.spec.output,
+                                                                      ensure_ascii=False))
+            system = None
+            if self.system is None or self.system.constant:
+                text = renderer.render(self.system, {}) if self.system else ""
+                system = Message("system", f"{text}\n\n{instruction}".strip())
+            examples: list[Message] = []
+            for example in self.spec.examples:
+                examples.append(Message("user", renderer.render(self.user, example.input)))
+                examples.append(Message("assistant",
+                                        json.dumps(example.output, ensure_ascii=False)))
+            cached = self._constant[renderer] = (system, instruction, tuple(examples))
+        return cached
 
 
 def _template_source(inline: str | None, file: str | None, prompts_dir: Path,
@@ -108,7 +132,9 @@ def build_feature(data: Any, *, source: str, config: EngineConfig, renderer: Pro
         if schema.get("type") != "object":
             issues.append(ContractIssue(source, f"{key}.type", "must be \"object\"",
                                         "wrap the fields in an object schema with properties"))
-    fields = list(spec.input.get("properties", {}))
+    # The schema may be broken (reported above): only string keys of a mapping are fields.
+    properties = spec.input.get("properties")
+    fields = [k for k in properties if isinstance(k, str)] if isinstance(properties, dict) else []
 
     prompts_dir = config.path(config.prompts_dir)
     templates: dict[str, CompiledTemplate | None] = {}

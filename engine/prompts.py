@@ -6,15 +6,23 @@ Templates come from operators and, through overrides, from tenants, so they are 
 - before use, a static check refuses any private attribute access, unknown variables and
   oversized templates, so an escape attempt is refused when saved, not when served;
 - rendering runs under a deadline and an output cap, and operators that could allocate
-  huge strings or numbers (`*`, `**`, `%`, `replace`, widths) are bounded up front.
+  huge strings or numbers (`*`, `**`, `%`, `replace`, widths) are bounded up front;
+- a `budget()` shares one deadline across many renders (a whole conversation, every example
+  of an override check), so a template just under the per-render deadline cannot multiply it.
 Input values are passed as data in the render context; they are never compiled as source.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import math
+import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +53,11 @@ ALLOWED_FILTERS = frozenset({
 })
 BLOCKED_ATTRIBUTES = frozenset({"format", "format_map", "mro", "gi_frame", "cr_frame",
                                 "f_globals", "func_globals"})
+#: Names Jinja defines in every template that lead to template internals, not to data.
+BLOCKED_NAMES = frozenset({"self"})
+
+#: Monotonic deadline shared by every render inside a `PromptRenderer.budget()` block.
+_budget_deadline: ContextVar[float | None] = ContextVar("render_budget_deadline", default=None)
 
 
 class TemplateRefused(Exception):
@@ -136,37 +149,99 @@ def _interrupt(thread_id: int) -> None:
                                                ctypes.py_object(_RenderTimeout))
 
 
+def _clear_interrupt(thread_id: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
 class _RenderTimeout(BaseException):
     """Injected into a render that ran past its deadline (a BaseException so templates can't
     swallow it)."""
+
+
+class _Watchdog:
+    """One daemon thread that interrupts renders running past their deadline.
+
+    A timer thread per render would cost a thread start (and a wait for it) on every call.
+    The thread sleeps until the earliest deadline it knows of; a render that registers an
+    earlier one wakes it. Registration, release and interruption share one lock, so a render
+    is only ever interrupted while it is still registered. The lock is a plain Lock used only
+    in `with` blocks around C-level operations: an interrupt delivered while a render thread
+    holds it still releases it (a Condition's Python-level __enter__ would not).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # Also the after-fork hook: the child has no watchdog thread, and the lock may have
+        # been held by it at the time of the fork.
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._active: dict[int, tuple[float, int]] = {}
+        self._tokens = itertools.count()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def watch(self, thread_id: int, deadline: float) -> int:
+        """Interrupt `thread_id` at `deadline` unless released first; returns the token."""
+        with self._lock:
+            token = next(self._tokens)
+            self._active[token] = (deadline, thread_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="render-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            if deadline < self._wake_at:
+                self._wake_at = deadline
+                self._wakeup.set()
+        return token
+
+    def release(self, token: int) -> bool:
+        """Stop watching; True if the deadline had already fired an interrupt."""
+        with self._lock:
+            return self._active.pop(token, None) is None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                nearest = math.inf
+                for token, (deadline, thread_id) in list(self._active.items()):
+                    if deadline <= now:
+                        del self._active[token]
+                        _interrupt(thread_id)
+                    elif deadline < nearest:
+                        nearest = deadline
+                self._wake_at = nearest
+                self._wakeup.clear()
+            self._wakeup.wait(None if nearest == math.inf else nearest - now)
+
+
+_watchdog = _Watchdog()
 
 
 def run_with_deadline(fn: Callable[[], T], timeout: float) -> T:
     """Run `fn` in this thread, interrupting it if it runs longer than `timeout` seconds.
 
     Jinja compiles templates to Python bytecode, so a loop bomb is interrupted between
-    bytecodes by an asynchronous exception. The lock makes sure the exception is only ever
-    injected while `fn` (or this wrapper) is still running.
+    bytecodes by an asynchronous exception, injected by the watchdog thread only while `fn`
+    is registered. If the deadline fires just as `fn` finishes, the pending exception is
+    withdrawn here and the render still counts as too slow, so none can leak to the caller.
     """
-    lock = threading.Lock()
-    state = {"done": False}
     thread_id = threading.get_ident()
-
-    def fire() -> None:
-        with lock:
-            if not state["done"]:
-                _interrupt(thread_id)
-
-    timer = threading.Timer(timeout, fire)
-    timer.daemon = True
     try:
+        token = _watchdog.watch(thread_id, time.monotonic() + timeout)
+        fired = False
         try:
-            timer.start()
-            return fn()
+            result = fn()
         finally:
-            with lock:
-                state["done"] = True
-            timer.cancel()
+            fired = _watchdog.release(token)
+            if fired:
+                _clear_interrupt(thread_id)
+        if fired:
+            raise _RenderTimeout
+        return result
     except _RenderTimeout:
         raise TemplateRefused(f"rendering took longer than {timeout:g}s") from None
 
@@ -176,6 +251,9 @@ class CompiledTemplate:
     source: str
     variables: frozenset[str]
     render_fn: Callable[[Mapping[str, Any]], Iterable[str]]
+    #: Renders the same text for every input: it uses no input field and includes nothing
+    #: (an included template's variables are not visible here), so it can be rendered once.
+    constant: bool = False
 
 
 class PromptRenderer:
@@ -203,16 +281,24 @@ class PromptRenderer:
             raise TemplateRefused(
                 f"template uses undeclared variable(s) {', '.join(unknown)}; a template may use "
                 f"only the input fields ({', '.join(sorted(allowed)) or 'none'})")
+        constant = not (referenced - ALLOWED_GLOBALS) and next(ast.find_all(
+            (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)), None) is None
         try:
             template = self.env.from_string(ast)
         except TemplateError as exc:
             raise TemplateRefused(str(exc)) from None
-        return CompiledTemplate(source, frozenset(referenced), template.generate)
+        return CompiledTemplate(source, frozenset(referenced), template.generate, constant)
 
     def _check_nodes(self, ast: nodes.Template) -> None:
         for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Test,
-                                  nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
-            if isinstance(node, nodes.Getattr):
+                                  nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends,
+                                  nodes.Name)):
+            if isinstance(node, nodes.Name):
+                # `self` is not reported as undeclared by Jinja, yet reaches template internals.
+                if node.name in BLOCKED_NAMES and node.ctx == "load":
+                    raise TemplateRefused(f"line {node.lineno}: {node.name!r} is not allowed "
+                                          "in templates")
+            elif isinstance(node, nodes.Getattr):
                 if node.attr.startswith("_") or node.attr in BLOCKED_ATTRIBUTES:
                     raise TemplateRefused(f"line {node.lineno}: access to attribute "
                                           f"{node.attr!r} is not allowed")
@@ -242,9 +328,29 @@ class PromptRenderer:
                         f"line {node.lineno}: template {node.template.value!r} not found "
                         "under prompts/") from None
 
+    @contextmanager
+    def budget(self, seconds: float | None = None) -> Iterator[None]:
+        """Renders inside this block share one deadline (`seconds`, default the per-render
+        timeout); nested budgets never extend an outer one."""
+        deadline = time.monotonic() + (self.limits.timeout_s if seconds is None else seconds)
+        outer = _budget_deadline.get()
+        token = _budget_deadline.set(deadline if outer is None else min(outer, deadline))
+        try:
+            yield
+        finally:
+            _budget_deadline.reset(token)
+
     def render(self, template: CompiledTemplate, context: Mapping[str, Any]) -> str:
         """Render with the output cap and deadline; raises TemplateRefused on any breach."""
         cap = self.limits.max_rendered_chars
+        timeout = self.limits.timeout_s
+        shared = _budget_deadline.get()
+        if shared is not None:
+            remaining = shared - time.monotonic()
+            if remaining <= 0:
+                raise TemplateRefused(f"the render budget of {self.limits.timeout_s:g}s for "
+                                      "this prompt is used up")
+            timeout = min(timeout, remaining)
 
         def produce() -> str:
             parts: list[str] = []
@@ -257,11 +363,14 @@ class PromptRenderer:
             return "".join(parts)
 
         try:
-            return run_with_deadline(produce, self.limits.timeout_s)
+            return run_with_deadline(produce, timeout)
+        except TemplateRefused as exc:
+            if shared is not None and time.monotonic() >= shared:
+                raise TemplateRefused(f"the render budget of {self.limits.timeout_s:g}s for "
+                                      f"this prompt is used up ({exc})") from None
+            raise
         except SecurityError as exc:
             raise TemplateRefused(f"refused by the sandbox: {exc}") from None
-        except TemplateRefused:
-            raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError,
                 MemoryError) as exc:
             raise TemplateRefused(f"rendering failed: {type(exc).__name__}: {exc}") from None

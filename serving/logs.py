@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
-import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -71,6 +71,32 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+class _RequestIds:
+    """Random 16-hex-digit request ids from the OS CSPRNG, read in blocks: one getrandom call
+    per 512 requests instead of one per request (a syscall on the hot path)."""
+
+    ID_BYTES = 8
+    BLOCK = 512 * ID_BYTES
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked worker must not hand out the ids its parent has buffered.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        if self._at >= len(self._block):
+            self._block, self._at = os.urandom(self.BLOCK), 0
+        start, self._at = self._at, self._at + self.ID_BYTES
+        return self._block[start:self._at].hex()
+
+
+new_request_id = _RequestIds()
+
+
 def _route_template(scope: Scope) -> str:
     # The router records the matched route in the scope: label by template, never by raw path.
     route = scope.get("route")
@@ -90,7 +116,7 @@ class RequestContextMiddleware:
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"]
                       if k == b"x-request-id"), "")
-        rid = given if _SAFE_ID.match(given) else secrets.token_hex(8)
+        rid = given if _SAFE_ID.match(given) else new_request_id()
         token = request_id.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
