@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 import uuid
@@ -13,7 +14,13 @@ from typing import Any
 from bench.client import Call, Connection, closed_loop, interleaved
 from bench.harness import PYTHON, Harness, Server, featurelm_argv
 from bench.procs import Proc
-from bench.project import FEATURE, chat_request, feature_request, write_featurelm_project
+from bench.project import (
+    FEATURE,
+    INPUT,
+    chat_request,
+    feature_request,
+    write_featurelm_project,
+)
 from bench.report import Row, ratio_row, unavailable
 
 FEATURE_PATH = f"/v1/features/{FEATURE}"
@@ -47,6 +54,21 @@ def feature_call(conn: Connection, payload: dict[str, Any] | None = None) -> Cal
     body = payload or feature_request()
 
     async def call() -> bool:
+        status, data = await conn.post_json(FEATURE_PATH, body)
+        return status == 200 and isinstance(data, dict) and "sentiment" in data["output"]
+    return call
+
+
+_distinct = itertools.count()
+
+
+def distinct_feature_call(conn: Connection) -> Call:
+    """A feature call with a text never sent before: no cache hit, no merging with another
+    caller, so every call reaches the mock like a call through a plain proxy does."""
+
+    async def call() -> bool:
+        body = {"input": {"text": f"{INPUT['text']} (#{next(_distinct)})"},
+                "options": {"cache": "default"}}
         status, data = await conn.post_json(FEATURE_PATH, body)
         return status == 200 and isinstance(data, dict) and "sentiment" in data["output"]
     return call
@@ -129,7 +151,7 @@ async def throughput(h: Harness, fl: Server, ll: Server | None, sizes: Sizes,
     load = {"clients": sizes.clients, "per_client": sizes.per_client}
     try:
         direct = await closed_loop(chat_call, h.mock_url, **load)
-        ours = await closed_loop(feature_call, fl.url, **load)
+        ours = await closed_loop(distinct_feature_call, fl.url, **load)
         theirs = await closed_loop(chat_call, ll.url, **load) if ll else None
     finally:
         await h.mock_control(latency_s=0.0)
