@@ -7,13 +7,25 @@ optional imports (llama.cpp, litellm) are imported only when a backend of their 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar, cast
 
-from engine.backends.base import Backend, Capabilities, Completion, CompletionRequest, Message
-from engine.config import BackendConfig
+from pydantic import BaseModel, ValidationError
+
+from engine.backends.base import (
+    Backend,
+    Capabilities,
+    Completion,
+    CompletionRequest,
+    Message,
+    StructuredDialect,
+)
+from engine.config import BackendConfig, pydantic_issues
 from engine.errors import ContractError, ContractIssue
 
 BackendFactory = Callable[[str, BackendConfig], Backend]
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 _FACTORIES: dict[str, BackendFactory] = {}
 
@@ -46,6 +58,41 @@ def build_backend(name: str, config: BackendConfig) -> Backend:
     return factory(name, config)
 
 
+def adapter_options(name: str, model: type[OptionsT], raw: Mapping[str, Any]) -> OptionsT:
+    """Backend `name`'s `options:`, checked by its adapter's model; errors carry the YAML path."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        issues = pydantic_issues("featurelm.yaml", exc)
+        for issue in issues:
+            issue.path = f"backends.{name}.options.{issue.path}"
+        raise ContractError(issues) from None
+
+
+def adapter_dialect(name: str, config: BackendConfig, allowed: Collection[str],
+                    refusal: str) -> StructuredDialect:
+    """The backend's structured-output dialect (json_schema unless declared), if allowed."""
+    structured = config.structured or "json_schema"
+    if structured not in allowed:
+        raise ContractError([ContractIssue(
+            "featurelm.yaml", f"backends.{name}.structured", f"{structured!r} {refusal}",
+            f"use one of: {', '.join(allowed)}")])
+    return cast(StructuredDialect, structured)
+
+
+def api_key_from_env(name: str, env: str | None) -> str | None:
+    """The API key held in environment variable `env`; the key itself never enters config."""
+    if not env:
+        return None
+    key = os.environ.get(env)
+    if not key:
+        raise ContractError([ContractIssue(
+            "featurelm.yaml", f"backends.{name}.options.api_key_env",
+            f"environment variable {env} is not set",
+            "export it before starting, or remove api_key_env")])
+    return key
+
+
 __all__ = [
     "ADAPTER_MODULES",
     "Backend",
@@ -53,6 +100,9 @@ __all__ = [
     "Completion",
     "CompletionRequest",
     "Message",
+    "adapter_dialect",
+    "adapter_options",
+    "api_key_from_env",
     "build_backend",
     "register",
 ]

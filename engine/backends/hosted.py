@@ -11,9 +11,9 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from engine.backends import register
+from engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
 from engine.backends.base import (
     Capabilities,
     Completion,
@@ -23,7 +23,7 @@ from engine.backends.base import (
 )
 from engine.backends.openai_compat import structured_fields
 from engine.backends.provider_errors import MalformedResponse, mapped_errors
-from engine.config import BackendConfig, pydantic_issues
+from engine.config import BackendConfig
 from engine.errors import ContractError, ContractIssue
 from engine.tokens import count_prompt_tokens, count_text_tokens
 
@@ -126,31 +126,14 @@ class HostedBackend:
 
 @register("hosted")
 def _from_config(name: str, config: BackendConfig) -> HostedBackend:
-    try:
-        options = HostedOptions.model_validate(config.options)
-    except ValidationError as exc:
-        issues = pydantic_issues("featurelm.yaml", exc)
-        for issue in issues:
-            issue.path = f"backends.{name}.options.{issue.path}"
-        raise ContractError(issues) from None
-    structured = config.structured or "json_schema"
-    if structured not in HOSTED_DIALECTS:
-        raise ContractError([ContractIssue(
-            "featurelm.yaml", f"backends.{name}.structured",
-            f"{structured!r} is not supported for hosted backends",
-            f"use one of: {', '.join(HOSTED_DIALECTS)}")])
+    options = adapter_options(name, HostedOptions, config.options)
+    structured = adapter_dialect(name, config, HOSTED_DIALECTS,
+                                 "is not supported for hosted backends")
     if not config.model:
         raise ContractError([ContractIssue(
             "featurelm.yaml", f"backends.{name}.model", "a hosted backend needs a model",
             "name it as litellm does, e.g. openai/gpt-4o-mini")])
-    api_key = None
-    if options.api_key_env:
-        api_key = os.environ.get(options.api_key_env)
-        if not api_key:
-            raise ContractError([ContractIssue(
-                "featurelm.yaml", f"backends.{name}.options.api_key_env",
-                f"environment variable {options.api_key_env} is not set",
-                "export it before starting, or remove api_key_env")])
+    api_key = api_key_from_env(name, options.api_key_env)
     return HostedBackend(
         name, model=config.model, api_key=api_key, api_base=options.api_base,
         timeout=options.timeout, structured=structured,

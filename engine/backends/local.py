@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.backends import register
+from engine.backends import adapter_options, register
 from engine.backends.base import Capabilities, Completion, CompletionRequest, Message, Usage
 from engine.config import BackendConfig
 from engine.errors import BackendError
@@ -179,5 +179,5 @@ class LocalLlamaBackend:
 
 @register("local")
 def _from_config(name: str, config: BackendConfig) -> LocalLlamaBackend:
-    options = LocalOptions.model_validate(config.options)
+    options = adapter_options(name, LocalOptions, config.options)
     return LocalLlamaBackend(name, options, model=config.model or "gemma-3-270m")

@@ -10,15 +10,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.backends import register
+from engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
 from engine.backends.base import (
     Capabilities,
     Completion,
@@ -27,8 +26,7 @@ from engine.backends.base import (
     Usage,
 )
 from engine.backends.provider_errors import MalformedResponse, mapped_errors
-from engine.config import BackendConfig, pydantic_issues
-from engine.errors import ContractError, ContractIssue
+from engine.config import BackendConfig
 from engine.tokens import count_prompt_tokens, count_text_tokens
 
 #: Dialects an HTTP chat server can speak ("grammar" is for in-process decoding only).
@@ -254,27 +252,10 @@ class OpenAICompatBackend:
 
 @register("openai")
 def _from_config(name: str, config: BackendConfig) -> OpenAICompatBackend:
-    try:
-        options = OpenAIOptions.model_validate(config.options)
-    except ValidationError as exc:
-        issues = pydantic_issues("featurelm.yaml", exc)
-        for issue in issues:
-            issue.path = f"backends.{name}.options.{issue.path}"
-        raise ContractError(issues) from None
-    structured = config.structured or "json_schema"
-    if structured not in HTTP_DIALECTS:
-        raise ContractError([ContractIssue(
-            "featurelm.yaml", f"backends.{name}.structured",
-            f"{structured!r} is not a dialect an OpenAI-compatible server speaks",
-            f"use one of: {', '.join(HTTP_DIALECTS)}")])
-    api_key = None
-    if options.api_key_env:
-        api_key = os.environ.get(options.api_key_env)
-        if not api_key:
-            raise ContractError([ContractIssue(
-                "featurelm.yaml", f"backends.{name}.options.api_key_env",
-                f"environment variable {options.api_key_env} is not set",
-                "export it before starting, or remove api_key_env")])
+    options = adapter_options(name, OpenAIOptions, config.options)
+    structured = adapter_dialect(name, config, HTTP_DIALECTS,
+                                 "is not a dialect an OpenAI-compatible server speaks")
+    api_key = api_key_from_env(name, options.api_key_env)
     return OpenAICompatBackend(
         name, model=config.model, base_urls=options.base_urls, weights=options.weights,
         api_key=api_key, structured=structured,

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.backends import register
+from engine.backends import adapter_options, register
 from engine.backends.base import (
     Capabilities,
     Completion,
@@ -89,7 +89,7 @@ class ScriptedOptions(BaseModel):
 
 @register("scripted")
 def _from_config(name: str, config: BackendConfig) -> ScriptedBackend:
-    options = ScriptedOptions.model_validate(config.options)
+    options = adapter_options(name, ScriptedOptions, config.options)
     return ScriptedBackend(options.replies, name=name, model=config.model or "scripted",
                            structured=config.structured or "none",  # type: ignore[arg-type]
                            delay=options.delay,
