@@ -192,7 +192,8 @@ class Engine:
             raise InputError(f"input does not match the {feature.name} input schema", problems)
         return input
 
-    def _route_for(self, feature: LoadedFeature, options: RunOptions) -> str:
+    def route_for(self, feature: LoadedFeature, options: RunOptions) -> str:
+        """The route this call takes: the caller's choice if the feature allows it."""
         route = options.route or feature.spec.model.route
         if route not in feature.allowed_routes():
             raise InputError(f"route {route!r} is not allowed for {feature.name}; allowed: "
@@ -236,7 +237,7 @@ class Engine:
         started = time.monotonic()
         options = options or RunOptions()
         self.validate_input(feature, input)
-        route = self._route_for(feature, options)
+        route = self.route_for(feature, options)
         request = self.build_request(feature, input, tenant=tenant, options=options)
         self.check_budget(route, request)
         deadline = started + self.config.limits.request_timeout_s

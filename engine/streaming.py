@@ -52,7 +52,7 @@ class FeatureStream:
         self.started = time.monotonic()
         self.cost = 0.0
         engine.validate_input(feature, input)
-        self.route = engine._route_for(feature, self.options)
+        self.route = engine.route_for(feature, self.options)
         self.request = engine.build_request(feature, input, tenant=tenant, options=self.options)
         engine.check_budget(self.route, self.request)
         self.deadline = self.started + engine.config.limits.request_timeout_s
