@@ -211,9 +211,21 @@ def _compiled(canonical: str) -> Validator:
     return validator
 
 
+#: Contracts hand the same schema object to every call: recognising it by identity skips
+#: re-encoding it per call. Each entry holds its schema, so the id cannot be reused meanwhile.
+_BY_IDENTITY: dict[int, tuple[Mapping[str, Any], Validator]] = {}
+
+
 def compile_validator(schema: Mapping[str, Any]) -> Validator:
     """A validator for `schema`, compiled once per distinct schema."""
-    return _compiled(canonical_json(schema))
+    known = _BY_IDENTITY.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    validator = _compiled(canonical_json(schema))
+    if len(_BY_IDENTITY) >= 512:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(schema)] = (schema, validator)
+    return validator
 
 
 def _json_path(error: ValidationError) -> str:

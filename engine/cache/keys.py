@@ -12,7 +12,7 @@ from engine.loader import LoadedFeature
 from engine.schemas import canonical_json
 
 #: Bumped when the key material changes, so old entries are never misread.
-KEY_VERSION = "featurelm-cache-1"
+KEY_VERSION = "featurelm-cache-2"
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,11 @@ def cache_keys(feature: LoadedFeature, request: CompletionRequest, *, tenant: st
          "params": dict(request.params)},
         feature.output_schema_hash,
     )
+    # The messages dominate the key material: encode and hash them once, then derive each
+    # backend's entry key and the flight key from that digest.
+    call = _digest(*common)
     backends = [[b.name, b.kind, b.model] for b in chain]
     return CacheKeys(
-        lookup=tuple((b[0], "entry:" + _digest(*common, b)) for b in backends),
-        flight="flight:" + _digest(*common, backends),
+        lookup=tuple((b[0], "entry:" + _digest(call, b)) for b in backends),
+        flight="flight:" + _digest(call, backends),
     )
