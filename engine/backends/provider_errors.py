@@ -1,8 +1,9 @@
 """The one place where provider and transport exceptions become `BackendError`s.
 
 Adapters run every provider call inside `mapped_errors(backend)`; each exception class they
-can meet (httpx, the OpenAI SDK, litellm, the OS) has a rule here saying whether it is worth
-retrying, whether it was a timeout, and what the provider's status and Retry-After were.
+can meet (aiohttp, httpx, the OpenAI SDK, litellm, the OS) has a rule here saying whether it
+is worth retrying, whether it was a timeout, and what the provider's status and Retry-After
+were.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ _SNIPPET_CHARS = 300
 
 class MalformedResponse(ValueError):
     """A provider answered 2xx with a body that is not the chat-completion shape."""
+
+
+class ProviderStatusError(Exception):
+    """A provider answered with an HTTP error status (raised by the HTTP adapter)."""
+
+    def __init__(self, status: int, body: str, headers: Mapping[str, str]):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,11 @@ def _from_httpx_status(exc: BaseException) -> Failure:
     return classify_status(response.status_code, body, response.headers)
 
 
+def _from_provider_status(exc: BaseException) -> Failure:
+    assert isinstance(exc, ProviderStatusError)
+    return classify_status(exc.status, exc.body, exc.headers)
+
+
 def _response_headers(exc: BaseException) -> Mapping[str, str]:
     headers: dict[str, str] = {}
     response = getattr(exc, "response", None)
@@ -154,7 +170,37 @@ _STATIC_RULES: dict[type[BaseException], Rule] = {
     json.JSONDecodeError: _fixed("malformed JSON body", retryable=True),
     UnicodeDecodeError: _fixed("undecodable response body", retryable=True),
     MalformedResponse: _fixed("malformed response", retryable=True),
+    ProviderStatusError: _from_provider_status,
 }
+
+
+def _aiohttp_rules(module: Any) -> dict[type[BaseException], Rule]:
+    def from_response_error(exc: BaseException) -> Failure:
+        return classify_status(exc.status, str(exc.message),  # type: ignore[attr-defined]
+                               dict(exc.headers or {}))  # type: ignore[attr-defined]
+
+    timed_out = _fixed("timed out", retryable=True, timeout=True)
+    dropped = _fixed("connection dropped mid-response", retryable=True)
+    misuse = _fixed("invalid request", retryable=False)
+    return {
+        module.ClientError: _fixed("request failed", retryable=True),
+        module.ClientResponseError: from_response_error,
+        module.ContentTypeError: _fixed("malformed response", retryable=True),
+        module.ClientConnectionError: _fixed("connection failed", retryable=True),
+        module.ClientOSError: _fixed("connection reset", retryable=True),
+        module.ClientConnectorError: _fixed("connection refused", retryable=True),
+        module.ClientSSLError: _fixed("TLS failed", retryable=False),
+        module.ServerFingerprintMismatch: _fixed("TLS fingerprint mismatch", retryable=False),
+        module.ServerDisconnectedError: dropped,
+        module.ClientPayloadError: dropped,
+        module.ServerTimeoutError: timed_out,
+        module.ConnectionTimeoutError: timed_out,
+        module.SocketTimeoutError: timed_out,
+        module.InvalidURL: _fixed("invalid URL", retryable=False),
+        module.RedirectClientError: _fixed("redirect refused", retryable=False),
+        module.TooManyRedirects: _fixed("too many redirects", retryable=False),
+        module.WSMessageTypeError: misuse,
+    }
 
 
 def _openai_rules(module: Any) -> dict[type[BaseException], Rule]:
@@ -189,6 +235,7 @@ def _litellm_rules(module: Any) -> dict[type[BaseException], Rule]:
 
 #: Optional SDKs whose exceptions can only exist once something else imported them.
 _OPTIONAL_RULES: dict[str, Callable[[Any], dict[type[BaseException], Rule]]] = {
+    "aiohttp": _aiohttp_rules,
     "openai": _openai_rules,
     "litellm.exceptions": _litellm_rules,
 }

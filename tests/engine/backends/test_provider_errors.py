@@ -6,12 +6,14 @@ import json
 import time
 from types import ModuleType
 
+import aiohttp
 import httpx
 import pytest
 
 import engine.backends.hosted  # noqa: F401  (loads litellm offline, as a hosted backend does)
 from engine.backends.provider_errors import (
     MalformedResponse,
+    ProviderStatusError,
     classify_status,
     map_exception,
     mapped_errors,
@@ -35,10 +37,11 @@ def exception_classes(module: ModuleType, names: list[str] | None = None):
             yield obj
 
 
-@pytest.mark.parametrize("module", ["httpx", "openai", "litellm.exceptions"])
+@pytest.mark.parametrize("module", ["aiohttp", "httpx", "openai", "litellm.exceptions"])
 def test_every_exception_a_provider_can_raise_has_a_rule(module):
-    mod = {"httpx": httpx, "openai": openai, "litellm.exceptions": litellm.exceptions}[module]
-    names = list(httpx.__all__) if mod is httpx else None
+    mod = {"aiohttp": aiohttp.client_exceptions, "httpx": httpx, "openai": openai,
+           "litellm.exceptions": litellm.exceptions}[module]
+    names = list(mod.__all__) if mod in (httpx, aiohttp.client_exceptions) else None
     unmapped = [cls.__qualname__ for cls in exception_classes(mod, names) if rule_for(cls) is None]
     assert unmapped == []
 
@@ -108,6 +111,29 @@ def test_http_status_errors_carry_status_and_retry_after():
     assert error is not None
     assert (error.provider_status, error.retryable, error.retry_after) == (429, True, 3.0)
     assert "slow down" in str(error)
+
+
+def test_the_http_adapters_status_errors_carry_status_body_and_retry_after():
+    error = map_exception(ProviderStatusError(503, "overloaded", {"retry-after-ms": "1500"}),
+                          "gpu")
+    assert error is not None
+    assert (error.provider_status, error.retryable, error.retry_after) == (503, True, 1.5)
+    assert "overloaded" in str(error)
+    too_long = map_exception(ProviderStatusError(400, "maximum context length is 8192", {}), "g")
+    assert too_long is not None and too_long.context_length and not too_long.retryable
+
+
+@pytest.mark.parametrize(("exc", "retryable", "timeout"), [
+    (aiohttp.ServerDisconnectedError(), True, False),
+    (aiohttp.ClientPayloadError("cut"), True, False),
+    (aiohttp.ServerTimeoutError("slow"), True, True),
+    (aiohttp.ClientConnectionResetError("reset"), True, False),
+    (aiohttp.InvalidURL("nope"), False, False),
+])
+def test_aiohttp_transport_failures_are_classified(exc, retryable, timeout):
+    error = map_exception(exc, "gpu")
+    assert error is not None
+    assert (error.retryable, error.timeout) == (retryable, timeout)
 
 
 def _response(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
