@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from engine.errors import BackendError
 
 #: Statuses worth another try: rate limits, timeouts, conflicts and every server error.
@@ -107,16 +105,6 @@ def _fixed(what: str, *, retryable: bool, timeout: bool = False) -> Rule:
     return lambda exc: Failure(what=what, retryable=retryable, timeout=timeout, detail=str(exc))
 
 
-def _from_httpx_status(exc: BaseException) -> Failure:
-    assert isinstance(exc, httpx.HTTPStatusError)
-    response = exc.response
-    try:
-        body = response.text
-    except httpx.ResponseNotRead:
-        body = ""
-    return classify_status(response.status_code, body, response.headers)
-
-
 def _from_provider_status(exc: BaseException) -> Failure:
     assert isinstance(exc, ProviderStatusError)
     return classify_status(exc.status, exc.body, exc.headers)
@@ -124,12 +112,11 @@ def _from_provider_status(exc: BaseException) -> Failure:
 
 def _response_headers(exc: BaseException) -> Mapping[str, str]:
     headers: dict[str, str] = {}
-    response = getattr(exc, "response", None)
-    if isinstance(response, httpx.Response):
-        headers.update(response.headers)
-    extra = getattr(exc, "litellm_response_headers", None)
-    if isinstance(extra, Mapping | httpx.Headers):
-        headers.update({str(k): str(v) for k, v in extra.items()})
+    # SDK exceptions carry an httpx response (and litellm its own copy of the headers).
+    for source in (getattr(getattr(exc, "response", None), "headers", None),
+                   getattr(exc, "litellm_response_headers", None)):
+        if source is not None and callable(getattr(source, "items", None)):
+            headers.update({str(k): str(v) for k, v in source.items()})
     return headers
 
 
@@ -149,22 +136,6 @@ def _context_window(exc: BaseException) -> Failure:
 
 
 _STATIC_RULES: dict[type[BaseException], Rule] = {
-    httpx.HTTPStatusError: _from_httpx_status,
-    httpx.TimeoutException: _fixed("timed out", retryable=True, timeout=True),
-    httpx.ConnectError: _fixed("connection refused", retryable=True),
-    httpx.NetworkError: _fixed("connection reset", retryable=True),
-    httpx.RemoteProtocolError: _fixed("connection dropped mid-response", retryable=True),
-    httpx.LocalProtocolError: _fixed("invalid request", retryable=False),
-    httpx.ProxyError: _fixed("proxy failed", retryable=True),
-    httpx.UnsupportedProtocol: _fixed("unsupported URL scheme", retryable=False),
-    httpx.TransportError: _fixed("transport failed", retryable=True),
-    httpx.DecodingError: _fixed("undecodable response body", retryable=True),
-    httpx.TooManyRedirects: _fixed("too many redirects", retryable=False),
-    httpx.RequestError: _fixed("request failed", retryable=True),
-    httpx.HTTPError: _fixed("HTTP error", retryable=False),
-    httpx.InvalidURL: _fixed("invalid URL", retryable=False),
-    httpx.CookieConflict: _fixed("cookie conflict", retryable=False),
-    httpx.StreamError: _fixed("response stream misused", retryable=False),
     TimeoutError: _fixed("timed out", retryable=True, timeout=True),
     ConnectionError: _fixed("connection failed", retryable=True),
     json.JSONDecodeError: _fixed("malformed JSON body", retryable=True),
@@ -172,6 +143,37 @@ _STATIC_RULES: dict[type[BaseException], Rule] = {
     MalformedResponse: _fixed("malformed response", retryable=True),
     ProviderStatusError: _from_provider_status,
 }
+
+
+def _httpx_rules(module: Any) -> dict[type[BaseException], Rule]:
+    """httpx errors, raised through the OpenAI SDK and litellm (hosted backends)."""
+
+    def from_status(exc: BaseException) -> Failure:
+        response = exc.response  # type: ignore[attr-defined]
+        try:
+            body = response.text
+        except module.ResponseNotRead:
+            body = ""
+        return classify_status(response.status_code, body, response.headers)
+
+    return {
+        module.HTTPStatusError: from_status,
+        module.TimeoutException: _fixed("timed out", retryable=True, timeout=True),
+        module.ConnectError: _fixed("connection refused", retryable=True),
+        module.NetworkError: _fixed("connection reset", retryable=True),
+        module.RemoteProtocolError: _fixed("connection dropped mid-response", retryable=True),
+        module.LocalProtocolError: _fixed("invalid request", retryable=False),
+        module.ProxyError: _fixed("proxy failed", retryable=True),
+        module.UnsupportedProtocol: _fixed("unsupported URL scheme", retryable=False),
+        module.TransportError: _fixed("transport failed", retryable=True),
+        module.DecodingError: _fixed("undecodable response body", retryable=True),
+        module.TooManyRedirects: _fixed("too many redirects", retryable=False),
+        module.RequestError: _fixed("request failed", retryable=True),
+        module.HTTPError: _fixed("HTTP error", retryable=False),
+        module.InvalidURL: _fixed("invalid URL", retryable=False),
+        module.CookieConflict: _fixed("cookie conflict", retryable=False),
+        module.StreamError: _fixed("response stream misused", retryable=False),
+    }
 
 
 def _aiohttp_rules(module: Any) -> dict[type[BaseException], Rule]:
@@ -236,6 +238,7 @@ def _litellm_rules(module: Any) -> dict[type[BaseException], Rule]:
 #: Optional SDKs whose exceptions can only exist once something else imported them.
 _OPTIONAL_RULES: dict[str, Callable[[Any], dict[type[BaseException], Rule]]] = {
     "aiohttp": _aiohttp_rules,
+    "httpx": _httpx_rules,
     "openai": _openai_rules,
     "litellm.exceptions": _litellm_rules,
 }
