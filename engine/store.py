@@ -10,6 +10,8 @@ import hashlib
 import logging
 import re
 import secrets
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -186,6 +188,20 @@ def async_url(url: str) -> tuple[URL, str | None]:
                         "use sqlite:///featurelm.db or postgresql://user@host/db")
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """WAL persists in the file, so this runs once per new database. SQLite answers "locked"
+    at once, without its busy timeout, while another connection opens the same new file;
+    that only lasts milliseconds, so try again briefly."""
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_transactions(engine: AsyncEngine) -> None:
     """Take SQLite's write lock at BEGIN, so concurrent writers (two replicas migrating, two
     saves computing the next version) queue on the busy timeout instead of failing."""
@@ -195,7 +211,9 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] != "wal":
+            _switch_to_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -208,8 +226,22 @@ def _lock_key(schema: str | None) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+#: The newest migration in engine/migrations/versions/ (a test keeps the two in step).
+SCHEMA_REVISION = "0001"
+
+
+def _at_newest_revision(connection: sa.Connection) -> bool:
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return False
+    current = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return bool(current == SCHEMA_REVISION)
+
+
 def _migrate(connection: sa.Connection, schema: str | None) -> None:
     """Upgrade to the newest revision, inside the caller's transaction."""
+    if _at_newest_revision(connection):
+        # The usual case for a restarting replica; alembic would stay resident (~10 MiB).
+        return
     from alembic import command
     from alembic.config import Config
 

@@ -218,3 +218,28 @@ def test_store_urls_map_to_the_async_drivers() -> None:
     pg, schema = async_url("postgresql://u:p@h:5432/db?schema=tenants")
     assert (pg.drivername, pg.database, dict(pg.query), schema) == \
         ("postgresql+asyncpg", "db", {}, "tenants")
+
+
+def test_the_schema_revision_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from engine.store import MIGRATIONS, SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+async def test_a_store_at_the_newest_revision_connects_without_alembic(store_url: str) -> None:
+    import sys
+
+    await (await Store.connect(store_url)).aclose()  # creates and migrates the schema
+    loaded = {name: sys.modules.pop(name) for name in list(sys.modules)
+              if name.split(".")[0] == "alembic"}
+    try:
+        again = await Store.connect(store_url)
+        await again.aclose()
+        assert not any(name.split(".")[0] == "alembic" for name in sys.modules)
+    finally:
+        sys.modules.update(loaded)
