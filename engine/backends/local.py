@@ -76,6 +76,23 @@ class LocalOptions(BaseModel):
     seed: int = 0
 
 
+#: llama.cpp turns `maxLength: N` (and `maxItems`) into N nested optional rules; a few
+#: thousand of them make sampling recurse until the process crashes. Longer bounds stay out of
+#: the grammar: the validator checks every output against the whole schema anyway.
+GRAMMAR_MAX_REPEAT = 500
+
+
+def grammar_schema(schema: Any) -> Any:
+    """`schema` without the length bounds llama.cpp's grammar cannot hold."""
+    if isinstance(schema, dict):
+        return {key: grammar_schema(value) for key, value in schema.items()
+                if not (key in ("maxLength", "maxItems") and isinstance(value, int)
+                        and value > GRAMMAR_MAX_REPEAT)}
+    if isinstance(schema, list):
+        return [grammar_schema(value) for value in schema]
+    return schema
+
+
 @lru_cache(maxsize=64)
 def _grammar(schema_json: str) -> Any:
     from llama_cpp.llama_grammar import LlamaGrammar
@@ -136,7 +153,7 @@ class LocalLlamaBackend:
         if request.output_schema is not None:
             # Declared key order, not sorted: the grammar emits properties in this order, and
             # the contract's order (say, reasoning before verdict) is the one to generate in.
-            kwargs["grammar"] = _grammar(json.dumps(request.output_schema))
+            kwargs["grammar"] = _grammar(json.dumps(grammar_schema(request.output_schema)))
         # Streaming lets a generation stop at the deadline: leaving the loop ends it.
         parts: list[str] = []
         finish_reason = "stop"

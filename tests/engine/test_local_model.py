@@ -10,7 +10,7 @@ import pytest
 
 from engine import Engine
 from engine.backends.base import CompletionRequest, Message
-from engine.backends.local import LocalLlamaBackend, LocalOptions
+from engine.backends.local import LocalLlamaBackend, LocalOptions, grammar_schema
 from engine.errors import BackendError
 from engine.schemas import violations
 from tests.conftest import SENTIMENT, ProjectFactory
@@ -79,3 +79,17 @@ async def test_properties_are_generated_in_the_contract_order(backend: LocalLlam
                                 max_tokens=32)
     completion = await backend.complete(request)
     assert list(json.loads(completion.text)) == ["zeta", "alpha"]
+
+
+async def test_long_length_bounds_neither_crash_the_model_nor_loosen_the_contract(
+        backend: LocalLlamaBackend) -> None:
+    # An 8000-character bound, as in a redaction feature: llama.cpp's grammar would recurse
+    # until the process crashed; the bound is left to validation instead.
+    schema = {"type": "object", "additionalProperties": False, "required": ["text"],
+              "properties": {"text": {"type": "string", "maxLength": 8000}}}
+    request = CompletionRequest(messages=(Message("user", "Write a sentence about cats."),),
+                                output_schema=schema, max_tokens=24)
+    completion = await backend.complete(request)
+    assert completion.text.startswith("{")
+    assert grammar_schema(schema)["properties"]["text"] == {"type": "string"}
+    assert schema["properties"]["text"]["maxLength"] == 8000
