@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import yaml
 from engine import Engine
 from engine.store import Store
 from serving.app import create_app
-from tests.conftest import SENTIMENT, ProjectFactory, scripted
+from tests.conftest import SENTIMENT, ProjectFactory, free_port, scripted
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,13 +83,6 @@ async def make_client(make_project: ProjectFactory) -> AsyncIterator[ClientFacto
 
 
 # -- real server processes ---------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 def write_project(root: Path, features: list[dict[str, Any]], backends: dict[str, Any],
                   routes: dict[str, Any], **extra: Any) -> Path:

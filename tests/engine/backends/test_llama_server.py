@@ -4,7 +4,6 @@ running the packaged model, started by the test on loopback."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,9 @@ from engine import Engine
 from engine.backends.local import packaged_model_path
 from engine.errors import BackendError
 from engine.schemas import violations
-from tests.conftest import SENTIMENT, ProjectFactory
+from tests.conftest import SENTIMENT, ProjectFactory, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
