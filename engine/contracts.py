@@ -7,11 +7,14 @@ compile and reference declared fields, examples validate, routes exist) live in
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+#: A tenant's name: it appears in URLs, cache namespaces and metric labels.
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 #: Fields a feature may let tenants override. The input and output schemas are the product's
 #: contract and are deliberately not in this list.

@@ -138,9 +138,18 @@ class Engine:
                 return prefix + str(self.config.path(Path(path)))
         return url
 
+    @property
+    def store_needed(self) -> bool:
+        """Whether calls depend on the tenant store: with `auth: required` every call
+        authenticates against it; with `auth: off` only a call that sends a key, the admin
+        API and tenant overrides do, and the store connects on the first of those."""
+        return self.config.auth == "required" or self._store is not None
+
     async def start(self) -> None:
-        """Connect what a server needs before taking traffic (the CLI connects lazily)."""
-        await self.store()
+        """Connect what a server needs before taking traffic: the store when calls need it,
+        so a wrong store URL fails the start instead of the first call."""
+        if self.store_needed:
+            await self.store()
 
     async def aclose(self) -> None:
         try:

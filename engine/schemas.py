@@ -15,7 +15,6 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-import re2
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
@@ -29,13 +28,25 @@ MAX_INSTANCE_DEPTH = 64
 MAX_PATTERN_LENGTH = 1000
 MAX_VIOLATIONS = 20
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.max_mem = 8 << 20  # a pattern that needs more than 8 MiB of DFA state is refused
+#: A pattern that needs more than this much DFA state is refused.
+RE2_MAX_MEM = 8 << 20
+
+
+class UnsupportedPattern(ValueError):
+    """RE2 refused the pattern (syntax it lacks, such as lookaround, or over RE2_MAX_MEM)."""
 
 
 @lru_cache(maxsize=1024)
 def _re2(pattern: str) -> Any:
-    return re2.compile(pattern, options=_RE2_OPTIONS)
+    # RE2 (a C++ library, a few MiB resident) loads with the first schema that has a pattern.
+    import re2
+
+    options = re2.Options()
+    options.max_mem = RE2_MAX_MEM
+    try:
+        return re2.compile(pattern, options=options)
+    except re2.error as exc:
+        raise UnsupportedPattern(str(exc)) from None
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -199,7 +210,7 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
                 continue
             try:
                 _re2(pattern)
-            except re2.error as exc:
+            except UnsupportedPattern as exc:
                 problems.append((where, f"pattern {pattern!r} is not supported: {exc} (patterns "
                                         "use RE2 syntax: no backreferences or lookaround)"))
     return problems or _ref_problems(schema)

@@ -25,12 +25,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from engine.contracts import TENANT_NAME
 from engine.errors import ContractError, ContractIssue, FeaturelmError, InputError, NotFoundError
 
 log = logging.getLogger("featurelm.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 KEY_PREFIX = "flm_"
 MAX_FEATURE_NAME = 64

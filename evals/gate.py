@@ -9,16 +9,18 @@ from engine import Engine, RunOptions
 from engine.errors import ContractError, ContractIssue
 from engine.loader import LoadedFeature
 from engine.overrides import EvalGate
-from evals.assertions import Services
-from evals.harness import EngineJudge, target_for
-from evals.runner import Invocation, run_suite
-from evals.similarity import LazyEmbedder
 
 
 def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
     """A gate that runs the feature's dataset against the candidate, as the tenant, uncached."""
 
     async def gate(candidate: LoadedFeature, tenant: str) -> float:
+        # The eval machinery loads with the first gated activation, not with every server.
+        from evals.assertions import Services
+        from evals.harness import EngineJudge, target_for
+        from evals.runner import Invocation, run_suite
+        from evals.similarity import LazyEmbedder
+
         async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
             options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
                                  labels={"case": case_id, "feature": feature})

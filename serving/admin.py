@@ -4,14 +4,13 @@ answers 404, exactly as if that tenant did not exist."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from engine.contracts import NAME_PATTERN
+from engine.contracts import NAME_PATTERN, TENANT_NAME
 from engine.errors import InputError
-from engine.store import TENANT_NAME, OverrideVersion
 from serving import problems
 from serving.auth import AdminCaller, KeyCaller, check_tenant
 from serving.models import (
@@ -27,6 +26,9 @@ from serving.models import (
     TenantOut,
 )
 from serving.state import services
+
+if TYPE_CHECKING:
+    from engine.store import OverrideVersion  # the store (SQLAlchemy) loads on first use
 
 router = APIRouter(tags=["admin"])
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.store import TENANT_NAME
+from engine.contracts import TENANT_NAME
 
 
 class FeatureSummary(BaseModel):
@@ -35,7 +35,9 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    checks: dict[str, str] = Field(description="Each dependency: 'ok' or what is wrong.")
+    checks: dict[str, str] = Field(description="Each dependency: 'ok', 'not used yet' (the "
+                                               "store with auth off, before any key), or "
+                                               "what is wrong.")
 
 
 class TenantCreate(BaseModel):

@@ -17,6 +17,7 @@ from serving.state import Services, services
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("featurelm.serving")
 CHECK_TIMEOUT_S = 2.0
+NOT_USED = "not used yet"
 
 
 @router.get("/healthz", response_model=Health)
@@ -56,11 +57,14 @@ async def readyz(request: Request) -> Response:
 
     checks = {
         "shutdown": "draining" if svc.lifecycle.draining else "ok",
-        "store": await _check("store", asyncio.ensure_future(store())),
+        # With auth off and no key seen yet, no call depends on the store (it connects on
+        # first use), so an unused store does not hold traffic back.
+        "store": await _check("store", asyncio.ensure_future(store()))
+        if svc.engine.store_needed else NOT_USED,
         "cache": await _check("cache", asyncio.ensure_future(svc.kv.ping())),
         "backends": _backends(svc),
     }
-    ready = all(v == "ok" for v in checks.values())
+    ready = all(v in ("ok", NOT_USED) for v in checks.values())
     body = Readiness(status="ready" if ready else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 

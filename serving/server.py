@@ -7,8 +7,10 @@ and gives in-flight requests `http.shutdown_grace_s` to finish before exiting.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -40,6 +42,10 @@ class DrainingServer(uvicorn.Server):
         self.lifecycle.draining = True
         super().handle_exit(sig, frame)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        tune_gc()
+
     async def on_tick(self, counter: int) -> bool:
         if self._stop_at is not None:
             if not self._announced:
@@ -49,6 +55,25 @@ class DrainingServer(uvicorn.Server):
             if time.monotonic() >= self._stop_at:
                 self.should_exit = True
         return await super().on_tick(counter)
+
+
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Call once startup is done: freeze what imports and startup built, so the collector
+    stops scanning it, and collect the young generation less often.
+
+    The objects of requests in flight (tens of them, each waiting on a model for tens of
+    milliseconds) outlive two young collections and reach the oldest generation, so full
+    collections ran often, and each walked every object the imports made: about a third of
+    the CPU under load. Frozen objects are never collected; startup garbage is collected
+    first. A larger young generation costs at most a few MiB."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def serve(*, config: str | None, host: str, port: int,

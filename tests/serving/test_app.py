@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from engine import Engine
 from engine.backends.scripted import ScriptedBackend
 from serving.app import create_app
-from tests.conftest import SENTIMENT
-from tests.serving.conftest import Client, ClientFactory
+from tests.conftest import SENTIMENT, ProjectFactory
+from tests.serving.conftest import REPO, Client, ClientFactory
 
 CALL = {"input": {"text": "great"}}
 OVERRIDE = "prompt:\n  system: You read reviews for ACME.\n"
@@ -312,3 +319,64 @@ async def test_readiness_reports_each_dependency(client: Client) -> None:
     assert response.status_code == 200
     assert response.json()["checks"] == {"shutdown": "ok", "store": "ok", "cache": "ok",
                                          "backends": "ok"}
+
+
+async def test_with_auth_off_the_store_opens_only_when_a_key_is_sent(
+        make_project: ProjectFactory, tmp_path: Path) -> None:
+    engine = Engine.from_config(make_project(extra={"auth": "off"}))
+    await engine.start()  # what the server's lifespan does
+    transport = httpx.ASGITransport(app=create_app(engine), raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["store"] == "not used yet"
+            assert (await http.post("/v1/features/sentiment", json=CALL)).status_code == 200
+            assert not (tmp_path / "featurelm.db").exists()
+            # A key that is sent is still checked, so the store opens for it.
+            refused = await http.post("/v1/features/sentiment", json=CALL,
+                                      headers={"Authorization": "Bearer flm_unknown"})
+            assert refused.status_code == 401
+            assert (tmp_path / "featurelm.db").exists()
+            assert (await http.get("/readyz")).json()["checks"]["store"] == "ok"
+    finally:
+        await engine.aclose()
+
+
+async def test_with_auth_required_the_store_opens_at_start(make_project: ProjectFactory,
+                                                           tmp_path: Path) -> None:
+    engine = Engine.from_config(make_project(extra={"auth": "required"}))
+    await engine.start()
+    try:
+        assert (tmp_path / "featurelm.db").exists()
+    finally:
+        await engine.aclose()
+    broken = Engine.from_config(make_project(extra={
+        "auth": "required", "store": f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}"}))
+    with pytest.raises(Exception, match="store"):
+        await broken.start()
+
+
+def test_the_server_loads_store_eval_and_regex_code_only_when_used() -> None:
+    # Each costs resident memory in every replica: SQLAlchemy and alembic about 20 MiB.
+    script = ("import sys\n"
+              "import engine.cli, serving.server, engine.engine, evals.gate\n"
+              "print(sorted({m.split('.')[0] for m in sys.modules} & "
+              "{'sqlalchemy', 'alembic', 're2', 'tqdm'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_after_startup_the_collector_skips_startup_objects() -> None:
+    from serving.server import GC_YOUNG_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
