@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,7 @@ async def _run(args: argparse.Namespace) -> int:
         result = await engine.run(args.feature, payload, tenant=args.tenant, options=options)
     finally:
         await engine.aclose()
-    print(json.dumps({"output": result.output, "meta": asdict(result.meta)}, ensure_ascii=False))
+    print(json.dumps({"output": result.output, "meta": result.meta.as_dict()}, ensure_ascii=False))
     return 0
 
 

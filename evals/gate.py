@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from engine import Engine, RunOptions
@@ -26,7 +25,7 @@ def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
                                  labels={"case": case_id, "feature": feature})
             result = await engine.run_feature(candidate, input, tenant=tenant, options=options)
             return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
-                              cost_usd=result.meta.cost_usd, meta=asdict(result.meta))
+                              cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
 
         target = target_for(engine, candidate)
         if target.dataset is None:

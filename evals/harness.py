@@ -7,7 +7,6 @@ so every case exercises the whole pipeline and its latency is the model's, not a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ class EngineInvoker:
                              coalesce=False, labels={"case": case_id, "feature": feature})
         result = await self.engine.run(feature, input, tenant=self.tenant, options=options)
         return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
-                          cost_usd=result.meta.cost_usd, meta=asdict(result.meta))
+                          cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
 
 
 JUDGE_OUTPUT: dict[str, Any] = {

@@ -51,12 +51,13 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
                   description="Product features served as typed LLM-backed endpoints.")
     app.state.services = svc
     problems.install(app)
-    features.add_feature_routes(app, engine.registry.all())
     app.include_router(features.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     install_openapi(app, engine.registry.all(), config.http.batch_max_items)
-    # Outermost first: the request id must cover the body-limit refusals too.
+    # Innermost first. Feature calls are answered ahead of FastAPI's router; the request id
+    # (outermost) covers them and the body-limit refusals too.
+    app.add_middleware(features.FeatureCalls, svc=svc)
     app.add_middleware(BodyLimitMiddleware, limit=config.http.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serving import problems
-from serving.state import services
+from serving.state import Services, services
 
 log = logging.getLogger("featurelm.serving")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="featurelm"'}
@@ -45,20 +45,25 @@ def _unauthorized(detail: str) -> problems.ProblemError:
     return problems.ProblemError(401, "Unauthorized", "unauthorized", detail, headers=CHALLENGE)
 
 
-async def authenticate(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
-    """The caller of this request (401 when a key is required and missing, or unknown)."""
-    state = services(request)
-    if credentials is None:
-        if request.headers.get("authorization"):
+def bearer_token(authorization: str | None) -> str | None:
+    """The key from `Authorization: Bearer <key>` (the scheme in any case), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def resolve_caller(svc: Services, authorization: str | None) -> Caller:
+    """The caller behind an Authorization header (401 when a key is required and missing,
+    or unknown; 503 when the store cannot be reached)."""
+    token = bearer_token(authorization)
+    if token is None:
+        if authorization:
             raise _unauthorized("use `Authorization: Bearer <api key>`")
-        if state.engine.config.auth == "off":
+        if svc.engine.config.auth == "off":
             return ANONYMOUS
         raise _unauthorized("an API key is required: `Authorization: Bearer <api key>`")
     try:
-        store = await state.engine.store()
-        principal = await store.authenticate(credentials.credentials)
+        store = await svc.engine.store()
+        principal = await store.authenticate(token)
     except Exception as exc:
         log.error("tenant store unavailable during authentication: %s", type(exc).__name__)
         raise problems.ProblemError(503, "Service unavailable", "store-unavailable",
@@ -66,7 +71,15 @@ async def authenticate(
                                     headers={"Retry-After": "5"}) from None
     if principal is None:
         raise _unauthorized("unknown API key")
-    caller = Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
+    return Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
+
+
+async def authenticate(
+        request: Request,
+        # Declares the bearer scheme in the OpenAPI spec; the header is read below.
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    """The caller of this request, as a FastAPI dependency."""
+    caller = await resolve_caller(services(request), request.headers.get("authorization"))
     request.state.tenant = caller.tenant
     return caller
 

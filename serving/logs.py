@@ -97,10 +97,15 @@ class _RequestIds:
 new_request_id = _RequestIds()
 
 
+#: Scope key under which a handler outside FastAPI's router names its route template.
+ROUTE = "featurelm.route"
+
+
 def _route_template(scope: Scope) -> str:
-    # The router records the matched route in the scope: label by template, never by raw path.
-    route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    # Label by template, never by raw path: the router records the matched route in the scope.
+    if ROUTE in scope:
+        return str(scope[ROUTE])
+    return str(getattr(scope.get("route"), "path", "unmatched"))
 
 
 class RequestContextMiddleware:

@@ -14,6 +14,9 @@ from pydantic import TypeAdapter
 from engine.engine import Meta
 from engine.loader import LoadedFeature
 from serving import problems
+from serving.auth import bearer
+from serving.idempotency import HEADER as IDEMPOTENCY_HEADER
+from serving.idempotency import KEY_PATTERN
 
 REF = "#/components/schemas/"
 
@@ -89,6 +92,53 @@ def feature_components(feature: LoadedFeature,
     }
 
 
+CALL_ERRORS = (401, 404, 409, 413, 422, 429, 502, 503, 504)
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+    "description": "Retrying a POST with the same key returns the first result (per tenant).",
+    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+}
+
+
+def _operation(operation_id: str, summary: str | None, description: str, request: str,
+               ok: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": ["features"],
+        "summary": summary,
+        "description": description,
+        "operationId": operation_id,
+        "security": [{bearer.scheme_name: []}],
+        "parameters": [IDEMPOTENCY_PARAMETER],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": ref(request)}}},
+        "responses": {"200": ok, **{str(k): v for k, v in
+                                    problems.responses(*CALL_ERRORS).items()}},
+    }
+    return {k: v for k, v in operation.items() if v}
+
+
+def feature_paths(feature: LoadedFeature) -> dict[str, dict[str, Any]]:
+    """The call and batch operations of one feature (served by serving.features.FeatureCalls,
+    outside FastAPI's router, so they are described here)."""
+    n = feature.name
+    call_ok = {
+        "description": "Schema-valid output, or with `Accept: text/event-stream` server-sent "
+                       "events: progress, delta (raw model text), then result (the validated "
+                       "output) or error.",
+        "content": {"application/json": {"schema": ref(schema_name(n, "Response"))},
+                    "text/event-stream": {"schema": {"type": "string"}}}}
+    batch_ok = {"description": "One result or error per input, in order.",
+                "content": {"application/json": {"schema": ref(schema_name(n, "BatchResponse"))}}}
+    return {
+        f"/v1/features/{n}": {"post": _operation(
+            f"run_{n}", feature.spec.description.split("\n")[0] or None,
+            feature.spec.description, schema_name(n, "Request"), call_ok)},
+        f"/v1/features/{n}/batch": {"post": _operation(
+            f"batch_{n}", f"{n} for a list of inputs", "", schema_name(n, "BatchRequest"),
+            batch_ok)},
+    }
+
+
 def meta_schema() -> dict[str, Any]:
     schema = TypeAdapter(Meta).json_schema()
     schema["description"] = ("How the result was produced: backend, model, attempts, tokens, "
@@ -100,6 +150,10 @@ def meta_schema() -> dict[str, Any]:
 def build(app: FastAPI, features: list[LoadedFeature], batch_max_items: int) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, openapi_version="3.1.0",
                        description=app.description, routes=app.routes, tags=app.openapi_tags)
+    paths: dict[str, Any] = {}
+    for feature in features:
+        paths.update(feature_paths(feature))
+    spec["paths"] = {**paths, **spec.get("paths", {})}
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = problems.PROBLEM_SCHEMA
     schemas["RunOptions"] = OPTIONS_SCHEMA

@@ -103,9 +103,13 @@ def from_exception(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     return 500, body(500, "Internal error", "internal", "an unexpected error occurred"), {}
 
 
-async def featurelm_error(request: Request, exc: Exception) -> JSONResponse:
+def exception_response(exc: BaseException) -> JSONResponse:
     status, data, headers = from_exception(exc)
     return JSONResponse(data, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+async def featurelm_error(request: Request, exc: Exception) -> JSONResponse:
+    return exception_response(exc)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

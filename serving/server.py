@@ -87,6 +87,7 @@ def serve(*, config: str | None, host: str, port: int,
     http = engine.config.http
     uv_config = uvicorn.Config(create_app(engine, lifecycle=lifecycle), host=host, port=port,
                                log_config=None, access_log=False, server_header=False,
+                               ws="none",  # no WebSocket endpoints: skip loading a library
                                timeout_graceful_shutdown=int(max(1, http.shutdown_grace_s)))
     DrainingServer(uv_config, lifecycle, http.drain_s).run()
     return 0

@@ -86,6 +86,31 @@ async def test_missing_or_unknown_key_is_401_with_challenge(client: Client,
     assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_feature_call_paths_route_like_any_other_endpoint(client: Client) -> None:
+    acme = as_acme(client)
+    # Unknown features: the key is checked first, then 404, both as problems.
+    assert (await client.http.post("/v1/features/nope", json=CALL)).status_code == 401
+    for path in ("/v1/features/nope", "/v1/features/nope/batch"):
+        response = await client.http.post(path, json=CALL, headers=acme)
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+    # The contract is a GET; batch is POST only; deeper paths do not exist.
+    assert (await client.http.get("/v1/features/sentiment", headers=acme)).status_code == 200
+    not_allowed = await client.http.get("/v1/features/sentiment/batch", headers=acme)
+    assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
+    assert (await client.http.post("/v1/features/sentiment/batch/x", json=CALL,
+                                   headers=acme)).status_code == 404
+    batch = await client.http.post("/v1/features/sentiment/batch",
+                                   json={"inputs": [{"text": "a"}]}, headers=acme)
+    assert batch.json()["results"][0]["output"] == {"sentiment": "positive"}
+    # Metrics label a call by its route template, an unknown feature by the placeholder.
+    text = (await client.http.get("/metrics", headers=client.keys.bearer("admin"))).text
+    for route, status in (("/v1/features/{name}", 404), ("/v1/features/{name}/batch", 404),
+                          ("/v1/features/sentiment/batch", 200)):
+        assert (f'featurelm_http_request_duration_seconds_count{{method="POST",'
+                f'route="{route}",status="{status}"}} 1.0') in text
+
+
 async def test_tenant_comes_from_the_key_never_from_the_request(client: Client) -> None:
     response = await client.http.post(
         "/v1/features/sentiment", json={**CALL, "tenant": "globex"},
