@@ -63,7 +63,7 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
         out += [r for r in cache if on(r.key)]
     if on("5"):
         python = bin_dir / "python" if bin_dir is not None else None
-        out += rows.cold_start(h, python, litellm_venv.ENV, sizes)
+        out += await rows.cold_start(h, python, litellm_venv.ENV, sizes)
     if fl is not None and on("6"):
         out += await rows.structured(h, fl, sizes)
     return out

@@ -56,6 +56,15 @@ def _count_message(message: Message, encoding: str) -> int:
             + len(enc.encode(message.content, disallowed_special=())))
 
 
+def prompt_token_bound(messages: Iterable[Message]) -> int:
+    """An upper bound of `count_prompt_tokens` under any encoding, with no tokenizer: every
+    token of a byte-level BPE stands for at least one byte of the UTF-8 text. A prompt whose
+    bound fits a context window fits it, and needs no exact count (nor the tokenizer's
+    tables, tens of MiB, in memory)."""
+    return TOKENS_PER_REPLY + sum(
+        TOKENS_PER_MESSAGE + len(m.role.encode()) + len(m.content.encode()) for m in messages)
+
+
 def count_prompt_tokens(messages: Iterable[Message], encoding: str = DEFAULT_ENCODING) -> int:
     """Tokens a chat prompt will take, including the chat format's per-message overhead."""
     counts = _message_counts.get(encoding)

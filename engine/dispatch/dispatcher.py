@@ -23,7 +23,7 @@ from engine.costs import cost_usd
 from engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from engine.dispatch.retry import RetryPolicy
 from engine.errors import BackendError, ContractError, ContractIssue, InputError
-from engine.tokens import count_prompt_tokens
+from engine.tokens import count_prompt_tokens, prompt_token_bound
 
 T = TypeVar("T")
 DEFAULT_RETRY = RetryPolicy()
@@ -209,8 +209,12 @@ class Dispatcher:
         """The route's backends whose context window holds the prompt plus max_tokens."""
         counts: dict[str, int] = {}
         fitting = []
+        bound = prompt_token_bound(request.messages)
         for name in self.route(route).backends:
             caps = self.backends[name].capabilities
+            if bound + request.max_tokens <= caps.context_window:
+                fitting.append(name)  # fits whatever the exact count: skip counting
+                continue
             if caps.tokenizer not in counts:
                 counts[caps.tokenizer] = self.prompt_tokens(name, request)
             if counts[caps.tokenizer] + request.max_tokens <= caps.context_window:

@@ -4,11 +4,18 @@ import subprocess
 import sys
 
 import tiktoken
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.backends.base import Message, Usage
 from engine.config import BackendConfig
 from engine.costs import cost_usd
-from engine.tokens import count_prompt_tokens, count_text_tokens, get_encoding
+from engine.tokens import (
+    count_prompt_tokens,
+    count_text_tokens,
+    get_encoding,
+    prompt_token_bound,
+)
 
 MESSAGES = (Message("system", "You classify support tickets."),
             Message("user", "My card was charged twice for order 1234."))
@@ -54,3 +61,10 @@ def test_self_hosted_cost_uses_the_configured_price_per_million_tokens():
 def test_unpriced_self_hosted_calls_cost_nothing():
     config = BackendConfig(kind="openai", model="qwen")
     assert cost_usd(config, "qwen", Usage(prompt_tokens=10, completion_tokens=10)) == 0.0
+
+
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.text()),
+                max_size=4))
+def test_the_byte_bound_is_never_below_the_exact_count(turns: list[tuple[str, str]]) -> None:
+    messages = [Message(role, content) for role, content in turns]
+    assert prompt_token_bound(messages) >= count_prompt_tokens(messages)

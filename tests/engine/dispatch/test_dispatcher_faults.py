@@ -12,6 +12,7 @@ from engine.config import BackendConfig, RouteConfig
 from engine.dispatch import BreakerPolicy, BreakerState, CallRecord, Dispatcher, RetryPolicy
 from engine.errors import BackendError, InputError
 from engine.testing import Fault, FaultPlan, FaultServer
+from engine.tokens import prompt_token_bound
 
 REQUEST = CompletionRequest(messages=(Message("user", "Where is my parcel?"),), max_tokens=64,
                             cache_salt="salt-a", labels={"tenant": "acme", "feature": "triage"})
@@ -238,6 +239,22 @@ async def test_backends_too_small_for_the_prompt_are_skipped(servers, dispatcher
     completion = await dispatcher.complete("main", long_request, deadline=soon())
     assert completion.backend == "large"
     assert small.completions == 0
+
+
+async def test_only_prompts_near_a_window_are_tokenized(servers, dispatcher_for, monkeypatch):
+    dispatcher = dispatcher_for({"small": servers(), "large": servers()},
+                                windows={"small": 300, "large": 8192})
+    # 420 bytes: over the small window by the byte bound, inside it by the exact count.
+    near = CompletionRequest(messages=(Message("user", "parcel " * 60),), max_tokens=64)
+    assert prompt_token_bound(near.messages) + 64 > 300
+    assert dispatcher.backends_fitting("main", near) == ["small", "large"]
+
+    def no_tokenizer(*args: object) -> None:
+        raise AssertionError("a prompt that surely fits was tokenized")
+
+    monkeypatch.setattr("engine.tokens.get_encoding", no_tokenizer)
+    short = CompletionRequest(messages=(Message("user", "parcel"),), max_tokens=64)
+    assert dispatcher.backends_fitting("main", short) == ["small", "large"]
 
 
 async def test_every_call_is_recorded_with_attempts_usage_cost_and_labels(
