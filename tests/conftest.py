@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The suite runs offline: litellm must use its bundled price map, whoever imports it first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -73,3 +77,11 @@ def make_project(tmp_path: Path) -> ProjectFactory:
         return path
 
     return make
+
+
+def last_line_of_python(script: str) -> str:
+    """Run `script` in a fresh interpreter (nothing imported yet) and return its last line."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1]

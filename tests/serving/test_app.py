@@ -6,9 +6,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,8 @@ from openapi_spec_validator import validate
 from engine import Engine
 from engine.backends.scripted import ScriptedBackend
 from serving.app import create_app
-from tests.conftest import SENTIMENT, ProjectFactory
-from tests.serving.conftest import REPO, Client, ClientFactory
+from tests.conftest import SENTIMENT, ProjectFactory, last_line_of_python
+from tests.serving.conftest import Client, ClientFactory
 
 CALL = {"input": {"text": "great"}}
 OVERRIDE = "prompt:\n  system: You read reviews for ACME.\n"
@@ -388,10 +385,7 @@ def test_the_server_loads_store_eval_and_regex_code_only_when_used() -> None:
               "import engine.cli, serving.server, engine.engine, evals.gate\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & "
               "{'sqlalchemy', 'alembic', 're2', 'tqdm'}))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "[]"
+    assert last_line_of_python(script) == "[]"
 
 
 def test_after_startup_the_collector_skips_startup_objects() -> None:
