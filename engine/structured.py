@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import json_repair
-
 from engine.backends.base import Completion, CompletionRequest, Message
 from engine.errors import Attempt, OutputError
 from engine.schemas import violations
@@ -49,6 +47,8 @@ def parse_output(text: str) -> ParsedOutput | None:
     except ValueError:
         pass
     source = body[start:] if start != -1 else body
+    import json_repair  # loads with the first reply that is not valid JSON
+
     try:
         repaired = json_repair.repair_json(source, return_objects=True, skip_json_loads=True)
     except Exception:  # json-repair raises assorted errors on pathological input
