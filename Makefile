@@ -10,27 +10,42 @@ EXTRAS ?= dev
 
 .PHONY: install serve test test-fast lint bench eval-live eval-record lock schema clean
 
-# Re-install only when the project metadata changes; pip's wheel cache keeps
-# the llama-cpp-python build (several minutes the first time) for later runs.
-$(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -c constraints.txt -e '.[$(EXTRAS)]'
+# The package is installed as users get it (a built wheel, not an editable checkout), so the
+# tests import what a release would contain. Dependencies re-install only when the project
+# metadata changes (pip's wheel cache keeps the llama-cpp-python build, several minutes the
+# first time); the package itself whenever a source file changes.
+SOURCES := $(shell git ls-files featurelm engine serving evals 2>/dev/null)
+# Several shells may share one venv; pip must not run twice at once in it.
+LOCKED := flock $(VENV)/.install.lock
+
+$(VENV)/.deps-$(EXTRAS): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(LOCKED) $(BIN)/python -m pip install -q --upgrade pip
+	$(LOCKED) $(BIN)/python -m pip install -c constraints.txt '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+$(VENV)/.featurelm: $(VENV)/.deps-$(EXTRAS) $(SOURCES)
+	$(LOCKED) $(BIN)/python -m pip install -q --no-deps --force-reinstall .
+	touch $@
+
+install: $(VENV)/.featurelm
 
 serve: install
 	$(BIN)/featurelm serve --host $(HOST) --port $(PORT)
 
+# `pytest`, not `python -m pytest`: the checkout must not shadow the installed package.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow"
 
+# mypy reads the sources through a tree laid out as the installed package.
 lint: install
-	$(BIN)/ruff check engine serving evals bench tests
+	$(BIN)/ruff check featurelm engine serving evals bench tests
+	rm -rf build/typecheck && mkdir -p build/typecheck/featurelm
+	for f in featurelm/*; do ln -s ../../../$$f build/typecheck/$$f; done
+	for d in engine serving evals; do ln -s ../../../$$d build/typecheck/featurelm/$$d; done
 	$(BIN)/mypy
 
 bench: install

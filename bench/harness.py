@@ -21,7 +21,7 @@ PYTHON = sys.executable
 
 def featurelm_argv(config: Path, port: int | str) -> list[str]:
     script = Path(PYTHON).parent / "featurelm"
-    command = [str(script)] if script.exists() else [PYTHON, "-m", "engine.cli"]
+    command = [str(script)] if script.exists() else [PYTHON, "-m", "featurelm.cli"]
     return [*command, "--config", str(config), "serve", "--host", "127.0.0.1",
             "--port", str(port)]
 

@@ -1,7 +1,7 @@
 """featurelm's core library: feature contracts, prompt rendering, backends, structured output."""
 
-from engine.engine import Engine, Meta, Result, RunOptions
-from engine.errors import (
+from featurelm.engine.engine import Engine, Meta, Result, RunOptions
+from featurelm.engine.errors import (
     BackendError,
     ContractError,
     FeaturelmError,

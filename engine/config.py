@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import ContractError, ContractIssue
-from engine.safe_yaml import load_yaml_file
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.safe_yaml import load_yaml_file
 
 DEFAULT_CONFIG = "featurelm.yaml"
 CONFIG_ENV = "FEATURELM_CONFIG"

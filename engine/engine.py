@@ -20,20 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.backends import Backend
-from engine.backends.base import Completion, CompletionRequest
-from engine.cache import BackendId, CacheEntry, ResultCache, build_store
-from engine.config import EngineConfig, load_config
-from engine.dispatch import CallRecord, Dispatched, Dispatcher
-from engine.errors import InputError, SchemaViolation
-from engine.loader import FeatureRegistry, LoadedFeature
-from engine.overrides import EvalGate, Overrides
-from engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
-from engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
-from engine.structured import generate_structured
+from featurelm.engine.backends import Backend
+from featurelm.engine.backends.base import Completion, CompletionRequest
+from featurelm.engine.cache import BackendId, CacheEntry, ResultCache, build_store
+from featurelm.engine.config import EngineConfig, load_config
+from featurelm.engine.dispatch import CallRecord, Dispatched, Dispatcher
+from featurelm.engine.errors import InputError, SchemaViolation
+from featurelm.engine.loader import FeatureRegistry, LoadedFeature
+from featurelm.engine.overrides import EvalGate, Overrides
+from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
+from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
+from featurelm.engine.structured import generate_structured
 
 if TYPE_CHECKING:
-    from engine.store import Store
+    from featurelm.engine.store import Store
 
 log = logging.getLogger("featurelm.engine")
 
@@ -128,7 +128,7 @@ class Engine:
         if self._store is None:
             async with self._store_lock:
                 if self._store is None:
-                    from engine.store import Store
+                    from featurelm.engine.store import Store
 
                     self._store = await Store.connect(self._store_url())
         return self._store

@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.backends.base import Message
-from engine.config import EngineConfig, pydantic_issues
-from engine.contracts import FeatureSpec
-from engine.errors import ContractError, ContractIssue
-from engine.prompts import CompiledTemplate, PromptRenderer, TemplateRefused
-from engine.safe_yaml import load_yaml_file
-from engine.schemas import schema_hash, schema_problems, violations
+from featurelm.engine.backends.base import Message
+from featurelm.engine.config import EngineConfig, pydantic_issues
+from featurelm.engine.contracts import FeatureSpec
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.prompts import CompiledTemplate, PromptRenderer, TemplateRefused
+from featurelm.engine.safe_yaml import load_yaml_file
+from featurelm.engine.schemas import schema_hash, schema_problems, violations
 
 SCHEMA_INSTRUCTION = (
     "Reply with one JSON object that satisfies this JSON Schema, and nothing else "
@@ -170,9 +170,6 @@ def build_feature(data: Any, *, source: str, config: EngineConfig, renderer: Pro
                     issues.append(ContractIssue(source, f"examples.{i}.input",
                                                 f"prompt does not render: {exc}",
                                                 "fix the template or the example"))
-    if spec.evals.dataset and not config.path(Path(spec.evals.dataset)).is_file():
-        issues.append(ContractIssue(source, "evals.dataset", f"{spec.evals.dataset} not found",
-                                    "create the dataset or fix the path"))
     if issues:
         raise ContractError(issues)
 

@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from engine.config import EngineConfig
-from engine.errors import ContractError, ContractIssue, NotFoundError
-from engine.loader import FeatureRegistry, LoadedFeature, build_feature
-from engine.prompts import PromptRenderer, TemplateRefused
-from engine.safe_yaml import load_yaml_text
+from featurelm.engine.config import EngineConfig
+from featurelm.engine.errors import ContractError, ContractIssue, NotFoundError
+from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
+from featurelm.engine.prompts import PromptRenderer, TemplateRefused
+from featurelm.engine.safe_yaml import load_yaml_text
 
 if TYPE_CHECKING:
-    from engine.store import OverrideVersion, Store
+    from featurelm.engine.store import OverrideVersion, Store
 
 log = logging.getLogger("featurelm.overrides")
 

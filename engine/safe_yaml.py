@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import ContractError, ContractIssue
+from featurelm.engine.errors import ContractError, ContractIssue
 
 MAX_DEPTH = 64
 

@@ -25,8 +25,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from engine.contracts import TENANT_NAME
-from engine.errors import ContractError, ContractIssue, FeaturelmError, InputError, NotFoundError
+from featurelm.engine.contracts import TENANT_NAME
+from featurelm.engine.errors import ContractError, ContractIssue, FeaturelmError, InputError, NotFoundError
 
 log = logging.getLogger("featurelm.store")
 

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.backends.base import Completion, CompletionRequest, StreamingBackend, Usage
-from engine.costs import cost_usd
-from engine.dispatch import CallRecord
-from engine.engine import Engine, Meta, Result, RunOptions
-from engine.errors import BackendError
-from engine.loader import LoadedFeature
-from engine.structured import generate_structured
-from engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.backends.base import Completion, CompletionRequest, StreamingBackend, Usage
+from featurelm.engine.costs import cost_usd
+from featurelm.engine.dispatch import CallRecord
+from featurelm.engine.engine import Engine, Meta, Result, RunOptions
+from featurelm.engine.errors import BackendError
+from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.structured import generate_structured
+from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.backends.base import Completion, CompletionRequest, Message
-from engine.errors import Attempt, OutputError
-from engine.schemas import violations
+from featurelm.engine.backends.base import Completion, CompletionRequest, Message
+from featurelm.engine.errors import Attempt, OutputError
+from featurelm.engine.schemas import violations
 
 MAX_RAW_KEPT = 2000
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from evals.cli import add_arguments, run
+from featurelm.evals.cli import add_arguments, run
 
 
 def main() -> int:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal, Protocol
 import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evals.output_path import PathMissing, resolve, type_name
-from evals.similarity import Embedder, SimilarityUnavailable, cosine
+from featurelm.evals.output_path import PathMissing, resolve, type_name
+from featurelm.evals.similarity import Embedder, SimilarityUnavailable, cosine
 
 
 @dataclass(frozen=True)

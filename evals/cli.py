@@ -1,7 +1,7 @@
 """`featurelm eval`: run the eval suite, gate on thresholds, write reports, compare, record, replay.
 
-`add_arguments` fills the subcommand's parser and `run` executes it; both are what the main
-`featurelm` command line calls. Exit codes: 0 all features meet their thresholds, 1 some do
+`featurelm.evals.arguments` fills the subcommand's parser and `run` executes it; both are what
+the main `featurelm` command line calls. Exit codes: 0 all features meet their thresholds, 1 some do
 not (or a replay met an unrecorded request, or a comparison regressed), 2 usage or config error.
 """
 
@@ -16,37 +16,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from engine.errors import ContractError, FeaturelmError
-from evals.cassettes import CassetteStore
-from evals.compare import compare, render_markdown
-from evals.progress import TerminalProgress
-from evals.recording import Miss, RecordingBackend, ReplayingBackend
-from evals.results import SuiteResult, load_report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("features", nargs="*", metavar="FEATURE",
-                        help="features to evaluate (default: every feature with a dataset)")
-    parser.add_argument("--tenant", help="evaluate as this tenant, with its active overrides")
-    parser.add_argument("--route", help="run every feature on this route instead of its own")
-    parser.add_argument("--repeat", type=_positive, default=1, metavar="K",
-                        help="run each case K times; it passes only if it passes every time")
-    parser.add_argument("--concurrency", type=_positive, default=4, metavar="N",
-                        help="feature calls in flight at once (default 4)")
-    parser.add_argument("--report", type=Path, metavar="DIR",
-                        help="write report.json, report.md and report.html to DIR")
-    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                        help="compare two runs: report.json files, or 'base', 'tenant:NAME', "
-                             "'route:NAME' run now")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--record", type=Path, metavar="DIR",
-                      help="save every backend exchange as cassettes in DIR")
-    mode.add_argument("--replay", type=Path, metavar="DIR",
-                      help="answer from the cassettes in DIR, never calling a backend")
-    # SUPPRESS keeps a --config given before the subcommand from being reset to None.
-    parser.add_argument("--config", default=argparse.SUPPRESS,
-                        help="featurelm.yaml to use (default: $FEATURELM_CONFIG, then "
-                             "./featurelm.yaml)")
+from featurelm.engine.errors import ContractError, FeaturelmError
+from featurelm.evals.cassettes import CassetteStore
+from featurelm.evals.compare import compare, render_markdown
+from featurelm.evals.progress import TerminalProgress
+from featurelm.evals.recording import Miss, RecordingBackend, ReplayingBackend
+from featurelm.evals.results import SuiteResult, load_report
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -88,11 +63,11 @@ class _Session:
 
     async def suite(self, *, tenant: str | None, route: str | None,
                     label: str = "eval") -> SuiteResult:
-        from engine import Engine
-        from evals.assertions import Services
-        from evals.harness import EngineInvoker, EngineJudge, targets
-        from evals.runner import run_suite
-        from evals.similarity import LazyEmbedder
+        from featurelm.engine import Engine
+        from featurelm.evals.assertions import Services
+        from featurelm.evals.harness import EngineInvoker, EngineJudge, targets
+        from featurelm.evals.runner import run_suite
+        from featurelm.evals.similarity import LazyEmbedder
 
         wrapper = None
         if self.args.record:
@@ -183,7 +158,7 @@ def _is_report_file(spec: str) -> bool:
 
 
 def _write(directory: Path, suite: SuiteResult) -> None:
-    from evals.reports import write_reports
+    from featurelm.evals.reports import write_reports
 
     for path in write_reports(suite, directory):
         print(f"wrote {path}", file=sys.stderr)
@@ -192,13 +167,6 @@ def _write(directory: Path, suite: SuiteResult) -> None:
 def _print_problems(suite: SuiteResult) -> None:
     for problem in suite.problems:
         print(f"error: {problem}", file=sys.stderr)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _unique(items: list[str]) -> list[str]:

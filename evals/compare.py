@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evals.reports.markdown import escape
-from evals.results import FeatureResult, SuiteResult
+from featurelm.evals.reports.markdown import escape
+from featurelm.evals.results import FeatureResult, SuiteResult
 
 
 @dataclass

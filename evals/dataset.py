@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.errors import ContractError, ContractIssue
-from engine.safe_yaml import load_yaml_file
-from evals.assertions import Assertion
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.safe_yaml import load_yaml_file
+from featurelm.evals.assertions import Assertion
 
 MAX_DATASET_BYTES = 16 * 1024 * 1024
 SUFFIXES = (".jsonl", ".yaml", ".yml")

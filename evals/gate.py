@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import Engine, RunOptions
-from engine.errors import ContractError, ContractIssue
-from engine.loader import LoadedFeature
-from engine.overrides import EvalGate
+from featurelm.engine import Engine, RunOptions
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.overrides import EvalGate
 
 
 def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
@@ -15,10 +15,10 @@ def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
 
     async def gate(candidate: LoadedFeature, tenant: str) -> float:
         # The eval machinery loads with the first gated activation, not with every server.
-        from evals.assertions import Services
-        from evals.harness import EngineJudge, target_for
-        from evals.runner import Invocation, run_suite
-        from evals.similarity import LazyEmbedder
+        from featurelm.evals.assertions import Services
+        from featurelm.evals.harness import EngineJudge, target_for
+        from featurelm.evals.runner import Invocation, run_suite
+        from featurelm.evals.similarity import LazyEmbedder
 
         async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
             options = RunOptions(cache_read=False, cache_write=False, coalesce=False,

@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, RunOptions
-from engine.errors import NotFoundError
-from engine.loader import LoadedFeature, build_feature
-from evals.assertions import Verdict
-from evals.dataset import find_dataset
-from evals.runner import FeatureTarget, Invocation
+from featurelm.engine import Engine, RunOptions
+from featurelm.engine.errors import NotFoundError
+from featurelm.engine.loader import LoadedFeature, build_feature
+from featurelm.evals.assertions import Verdict
+from featurelm.evals.dataset import find_dataset
+from featurelm.evals.runner import FeatureTarget, Invocation
 
 #: Where datasets are looked for when a feature file does not name one (relative to the root).
 DATASETS_DIR = Path("evals/datasets")
@@ -32,6 +32,16 @@ async def targets(engine: Engine, names: list[str] | None,
                                 f"(known: {', '.join(known) or 'none'})")
     chosen = [target_for(engine, await engine.resolve(n, tenant)) for n in names or known]
     return chosen if names else [t for t in chosen if t.dataset is not None]
+
+
+def missing_datasets(engine: Engine) -> list[tuple[str, Path]]:
+    """(feature, path) for each feature file naming an eval dataset that is not there."""
+    missing = []
+    for feature in engine.registry.all():
+        named = feature.spec.evals.dataset
+        if named and not engine.config.path(Path(named)).is_file():
+            missing.append((feature.name, engine.config.path(Path(named))))
+    return missing
 
 
 def target_for(engine: Engine, feature: LoadedFeature) -> FeatureTarget:

@@ -1,14 +1,16 @@
-"""Eval progress on the terminal: a tqdm bar on stderr when it is a TTY, and one summary line per
-feature on stdout either way (so CI logs show results without bar noise)."""
+"""Eval progress on the terminal: a tqdm bar on stderr when it is a TTY and tqdm is installed
+(the `evals` extra), and one summary line per feature on stdout either way (so CI logs show
+results without bar noise)."""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+from featurelm.evals.results import FeatureResult
 
-from evals.results import FeatureResult
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class TerminalProgress:
@@ -20,6 +22,12 @@ class TerminalProgress:
         self.bar: tqdm[None] | None = None
 
     def start(self, total_runs: int) -> None:
+        if not self.err.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # a plain install: summary lines only
+            return
         self.bar = tqdm(total=total_runs, desc=self.label, unit="run", file=self.err,
                         disable=not self.err.isatty(), leave=False, dynamic_ncols=True)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.backends.base import Backend, Completion, CompletionRequest
-from engine.errors import BackendError
-from evals.cassettes import CassetteStore
+from featurelm.engine.backends.base import Backend, Completion, CompletionRequest
+from featurelm.engine.errors import BackendError
+from featurelm.evals.cassettes import CassetteStore
 
 
 class RecordingBackend:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from evals.assertions import Outcome
+from featurelm.evals.assertions import Outcome
 
 REPORT_FORMAT = 1
 

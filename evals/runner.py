@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.errors import ContractError, FeaturelmError
-from engine.schemas import violations
-from evals.assertions import Observation, Services
-from evals.dataset import Case, load_dataset
-from evals.results import CaseResult, FeatureResult, RunResult
+from featurelm.engine.errors import ContractError, FeaturelmError
+from featurelm.engine.schemas import violations
+from featurelm.evals.assertions import Observation, Services
+from featurelm.evals.dataset import Case, load_dataset
+from featurelm.evals.results import CaseResult, FeatureResult, RunResult
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from engine.contracts import NAME_PATTERN, TENANT_NAME
-from engine.errors import InputError
-from serving import problems
-from serving.auth import AdminCaller, KeyCaller, check_tenant
-from serving.models import (
+from featurelm.engine.contracts import NAME_PATTERN, TENANT_NAME
+from featurelm.engine.errors import InputError
+from featurelm.serving import problems
+from featurelm.serving.auth import AdminCaller, KeyCaller, check_tenant
+from featurelm.serving.models import (
     ApplyOut,
     DiffOut,
     OverrideVersionList,
@@ -25,10 +25,10 @@ from serving.models import (
     TenantList,
     TenantOut,
 )
-from serving.state import services
+from featurelm.serving.state import services
 
 if TYPE_CHECKING:
-    from engine.store import OverrideVersion  # the store (SQLAlchemy) loads on first use
+    from featurelm.engine.store import OverrideVersion  # the store (SQLAlchemy) loads on first use
 
 router = APIRouter(tags=["admin"])
 

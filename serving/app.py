@@ -9,15 +9,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from engine import Engine
-from serving import admin, features, ops, problems
-from serving.idempotency import Idempotency
-from serving.kv import kv_for
-from serving.limits import BodyLimitMiddleware, Limiter
-from serving.logs import RequestContextMiddleware
-from serving.metrics import Metrics
-from serving.openapi import install as install_openapi
-from serving.state import Lifecycle, Services
+from featurelm.engine import Engine
+from featurelm.serving import admin, features, ops, problems
+from featurelm.serving.idempotency import Idempotency
+from featurelm.serving.kv import kv_for
+from featurelm.serving.limits import BodyLimitMiddleware, Limiter
+from featurelm.serving.logs import RequestContextMiddleware
+from featurelm.serving.metrics import Metrics
+from featurelm.serving.openapi import install as install_openapi
+from featurelm.serving.state import Lifecycle, Services
 
 log = logging.getLogger("featurelm.serving")
 

@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from serving import problems
-from serving.state import Services, services
+from featurelm.serving import problems
+from featurelm.serving.state import Services, services
 
 log = logging.getLogger("featurelm.serving")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="featurelm"'}

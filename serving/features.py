@@ -13,17 +13,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine import InputError, NotFoundError, OutputError, Result, RunOptions
-from engine.loader import LoadedFeature
-from engine.streaming import Delta, FeatureStream
-from serving import problems
-from serving.auth import Caller, CallerDep, resolve_caller
-from serving.idempotency import HEADER as IDEMPOTENCY_HEADER
-from serving.idempotency import Stored
-from serving.limits import BodyTooLarge
-from serving.logs import ROUTE
-from serving.models import FeatureContract, FeatureList, FeatureSummary
-from serving.state import Services, services
+from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions
+from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.streaming import Delta, FeatureStream
+from featurelm.serving import problems
+from featurelm.serving.auth import Caller, CallerDep, resolve_caller
+from featurelm.serving.idempotency import HEADER as IDEMPOTENCY_HEADER
+from featurelm.serving.idempotency import Stored
+from featurelm.serving.limits import BodyTooLarge
+from featurelm.serving.logs import ROUTE
+from featurelm.serving.models import FeatureContract, FeatureList, FeatureSummary
+from featurelm.serving.state import Services, services
 
 SSE = "text/event-stream"
 

@@ -15,8 +15,8 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from serving import problems
-from serving.kv import KV
+from featurelm.serving import problems
+from featurelm.serving.kv import KV
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255

@@ -12,9 +12,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.config import HttpConfig
-from serving import problems
-from serving.kv import KV
+from featurelm.engine.config import HttpConfig
+from featurelm.serving import problems
+from featurelm.serving.kv import KV
 
 ANONYMOUS = "-"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.metrics import Metrics
+from featurelm.serving.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A client's request id is echoed only if it is short and plain (it ends up in our logs).

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.config import RouteConfig
-from engine.dispatch import CallRecord
-from engine.engine import Meta
+from featurelm.engine.config import RouteConfig
+from featurelm.engine.dispatch import CallRecord
+from featurelm.engine.engine import Meta
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

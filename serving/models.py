@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.contracts import TENANT_NAME
+from featurelm.engine.contracts import TENANT_NAME
 
 
 class FeatureSummary(BaseModel):

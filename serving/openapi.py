@@ -11,12 +11,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from engine.engine import Meta
-from engine.loader import LoadedFeature
-from serving import problems
-from serving.auth import bearer
-from serving.idempotency import HEADER as IDEMPOTENCY_HEADER
-from serving.idempotency import KEY_PATTERN
+from featurelm.engine.engine import Meta
+from featurelm.engine.loader import LoadedFeature
+from featurelm.serving import problems
+from featurelm.serving.auth import bearer
+from featurelm.serving.idempotency import HEADER as IDEMPOTENCY_HEADER
+from featurelm.serving.idempotency import KEY_PATTERN
 
 REF = "#/components/schemas/"
 

@@ -8,11 +8,11 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engine.dispatch import BreakerState
-from serving import metrics, problems
-from serving.auth import CallerDep
-from serving.models import Health, Readiness
-from serving.state import Services, services
+from featurelm.engine.dispatch import BreakerState
+from featurelm.serving import metrics, problems
+from featurelm.serving.auth import CallerDep
+from featurelm.serving.models import Health, Readiness
+from featurelm.serving.state import Services, services
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("featurelm.serving")

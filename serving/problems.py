@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from engine.errors import BackendError, FeaturelmError
+from featurelm.engine.errors import BackendError, FeaturelmError
 
 PROBLEM_TYPE = "https://featurelm.dev/problems/"
 MEDIA_TYPE = "application/problem+json"

@@ -17,10 +17,10 @@ from types import FrameType
 
 import uvicorn
 
-from engine import Engine
-from serving.app import create_app
-from serving.logs import setup_logging
-from serving.state import Lifecycle
+from featurelm.engine import Engine
+from featurelm.serving.app import create_app
+from featurelm.serving.logs import setup_logging
+from featurelm.serving.state import Lifecycle
 
 log = logging.getLogger("featurelm.serving")
 

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, cast
 
 from fastapi import Request
 
-from engine import Engine
+from featurelm.engine import Engine
 
 if TYPE_CHECKING:
-    from serving.idempotency import Idempotency
-    from serving.kv import KV
-    from serving.limits import Limiter
-    from serving.metrics import Metrics
+    from featurelm.serving.idempotency import Idempotency
+    from featurelm.serving.kv import KV
+    from featurelm.serving.limits import Limiter
+    from featurelm.serving.metrics import Metrics
 
 
 @dataclass

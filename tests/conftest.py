@@ -17,6 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The suite runs offline: litellm must use its bundled price map, whoever imports it first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Interpreters the tests start import the installed package: the checkout's featurelm/ (the
+# working directory for `python -c` and `-m`) must not shadow it.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 SENTIMENT: dict[str, Any] = {
     "name": "sentiment",
@@ -82,6 +85,6 @@ def make_project(tmp_path: Path) -> ProjectFactory:
 def last_line_of_python(script: str) -> str:
     """Run `script` in a fresh interpreter (nothing imported yet) and return its last line."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                          timeout=60, env=dict(os.environ))
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()[-1]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from engine.backends.hosted import HostedOptions
-from engine.backends.local import LocalOptions
-from engine.backends.openai_compat import OpenAIOptions
-from engine.backends.scripted import ScriptedOptions
-from engine.config import (
+from featurelm.engine.backends.hosted import HostedOptions
+from featurelm.engine.backends.local import LocalOptions
+from featurelm.engine.backends.openai_compat import OpenAIOptions
+from featurelm.engine.backends.scripted import ScriptedOptions
+from featurelm.engine.config import (
     BackendConfig,
     CacheSettings,
     EngineConfig,

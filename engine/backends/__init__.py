@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from engine.backends.base import (
+from featurelm.engine.backends.base import (
     Backend,
     Capabilities,
     Completion,
@@ -21,8 +21,8 @@ from engine.backends.base import (
     Message,
     StructuredDialect,
 )
-from engine.config import BackendConfig, pydantic_issues
-from engine.errors import ContractError, ContractIssue
+from featurelm.engine.config import BackendConfig, pydantic_issues
+from featurelm.engine.errors import ContractError, ContractIssue
 
 BackendFactory = Callable[[str, BackendConfig], Backend]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -31,10 +31,10 @@ _FACTORIES: dict[str, BackendFactory] = {}
 
 #: kind -> module that registers it; imported on first use so unused adapters cost nothing.
 ADAPTER_MODULES: dict[str, str] = {
-    "scripted": "engine.backends.scripted",
-    "local": "engine.backends.local",
-    "openai": "engine.backends.openai_compat",
-    "hosted": "engine.backends.hosted",
+    "scripted": "featurelm.engine.backends.scripted",
+    "local": "featurelm.engine.backends.local",
+    "openai": "featurelm.engine.backends.openai_compat",
+    "hosted": "featurelm.engine.backends.hosted",
 }
 
 

@@ -19,21 +19,21 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
-from engine.backends.base import (
+from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
+from featurelm.engine.backends.base import (
     Capabilities,
     Completion,
     CompletionRequest,
     StructuredDialect,
     Usage,
 )
-from engine.backends.provider_errors import (
+from featurelm.engine.backends.provider_errors import (
     MalformedResponse,
     ProviderStatusError,
     mapped_errors,
 )
-from engine.config import BackendConfig
-from engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
 
 #: Dialects an HTTP chat server can speak ("grammar" is for in-process decoding only).
 HTTP_DIALECTS: tuple[StructuredDialect, ...] = (

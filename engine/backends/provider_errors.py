@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import BackendError
+from featurelm.engine.errors import BackendError
 
 #: Statuses worth another try: rate limits, timeouts, conflicts and every server error.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})

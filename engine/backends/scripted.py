@@ -13,15 +13,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.backends import adapter_options, register
-from engine.backends.base import (
+from featurelm.engine.backends import adapter_options, register
+from featurelm.engine.backends.base import (
     Capabilities,
     Completion,
     CompletionRequest,
     StructuredDialect,
     Usage,
 )
-from engine.config import BackendConfig
+from featurelm.engine.config import BackendConfig
 
 Reply = str | BaseException
 ReplyFunction = Callable[[CompletionRequest], Reply | Awaitable[Reply]]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import Attempt, BackendError, FeaturelmError, OutputError
+from featurelm.engine.errors import Attempt, BackendError, FeaturelmError, OutputError
 
 
 @dataclass(frozen=True)

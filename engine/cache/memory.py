@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from engine.cache.base import CacheStore
+from featurelm.engine.cache.base import CacheStore
 
 
 class MemoryCache(CacheStore):

@@ -14,8 +14,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from engine.cache.base import CacheStore, Done, Lease
-from engine.config import CacheSettings
+from featurelm.engine.cache.base import CacheStore, Done, Lease
+from featurelm.engine.config import CacheSettings
 
 log = logging.getLogger("featurelm.cache")
 

@@ -6,15 +6,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from engine.backends.base import CompletionRequest
-from engine.cache.base import CacheEntry, CacheStore, Done, Lease, decode_outcome, encode_outcome
-from engine.cache.coalesce import SingleFlight
-from engine.cache.keys import BackendId, CacheKeys, cache_keys
-from engine.cache.memory import MemoryCache, NullCache
-from engine.config import EngineConfig
-from engine.errors import FeaturelmError
-from engine.loader import LoadedFeature
-from engine.schemas import violations
+from featurelm.engine.backends.base import CompletionRequest
+from featurelm.engine.cache.base import CacheEntry, CacheStore, Done, Lease, decode_outcome, encode_outcome
+from featurelm.engine.cache.coalesce import SingleFlight
+from featurelm.engine.cache.keys import BackendId, CacheKeys, cache_keys
+from featurelm.engine.cache.memory import MemoryCache, NullCache
+from featurelm.engine.config import EngineConfig
+from featurelm.engine.errors import FeaturelmError
+from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.schemas import violations
 
 T = TypeVar("T")
 Computed = tuple[CacheEntry, T]
@@ -50,7 +50,7 @@ def build_store(config: EngineConfig) -> CacheStore:
         return MemoryCache(settings.max_entries)
     if config.cache == "none":
         return NullCache()
-    from engine.cache.redis import RedisCache
+    from featurelm.engine.cache.redis import RedisCache
 
     return RedisCache(config.cache, settings)
 

@@ -1,8 +1,8 @@
 """Dispatching calls to backends: fallback chains, retries, deadlines, circuit breakers."""
 
-from engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from engine.dispatch.dispatcher import CallRecord, Dispatched, Dispatcher
-from engine.dispatch.retry import RetryPolicy
+from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from featurelm.engine.dispatch.dispatcher import CallRecord, Dispatched, Dispatcher
+from featurelm.engine.dispatch.retry import RetryPolicy
 
 __all__ = [
     "BreakerPolicy",

@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from engine.backends import build_backend
-from engine.backends.base import Backend, Completion, CompletionRequest, StreamingBackend, Usage
-from engine.backends.provider_errors import circuit_open, deadline_exceeded, mapped_errors
-from engine.config import BackendConfig, EngineConfig, RouteConfig
-from engine.costs import cost_usd
-from engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from engine.dispatch.retry import RetryPolicy
-from engine.errors import BackendError, ContractError, ContractIssue, InputError
-from engine.tokens import count_prompt_tokens, prompt_token_bound
+from featurelm.engine.backends import build_backend
+from featurelm.engine.backends.base import Backend, Completion, CompletionRequest, StreamingBackend, Usage
+from featurelm.engine.backends.provider_errors import circuit_open, deadline_exceeded, mapped_errors
+from featurelm.engine.config import BackendConfig, EngineConfig, RouteConfig
+from featurelm.engine.costs import cost_usd
+from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from featurelm.engine.dispatch.retry import RetryPolicy
+from featurelm.engine.errors import BackendError, ContractError, ContractIssue, InputError
+from featurelm.engine.tokens import count_prompt_tokens, prompt_token_bound
 
 T = TypeVar("T")
 DEFAULT_RETRY = RetryPolicy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.errors import BackendError
+from featurelm.engine.errors import BackendError
 
 
 @dataclass(frozen=True)

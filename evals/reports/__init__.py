@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evals.results import SuiteResult, to_json
+from featurelm.evals.results import SuiteResult, to_json
 
 
 def write_reports(suite: SuiteResult, directory: Path) -> list[Path]:
     """Write the three reports; returns their paths."""
-    from evals.reports import html, markdown  # matplotlib loads only when a report is asked for
+    from featurelm.evals.reports import html, markdown  # matplotlib loads only when a report is asked for
 
     directory.mkdir(parents=True, exist_ok=True)
     files = {

@@ -7,14 +7,14 @@ autoescaping; the page loads nothing from anywhere and runs no script.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import struct
 from typing import Any
 
 import jinja2
 
-from evals.reports import plots
-from evals.results import SuiteResult
+from featurelm.evals.results import SuiteResult
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -67,7 +67,10 @@ pre { background: #f5f5f5; padding: .5rem; overflow-x: auto; max-height: 24rem; 
 </table>
 <section class="plots">
 <h2>Plots</h2>
-{% for plot in plots %}
+{% if plots is none %}
+<p class="note">Plots need matplotlib: <code>pip install 'featurelm[evals]'</code>.</p>
+{% endif %}
+{% for plot in plots or [] %}
 <img id="{{ plot.id }}" alt="{{ plot.title }}" width="{{ plot.width }}"
      height="{{ plot.height }}" src="data:image/png;base64,{{ plot.data }}">
 {% endfor %}
@@ -112,17 +115,26 @@ def render(suite: SuiteResult) -> str:
                 "data": base64.b64encode(png).decode("ascii")}
 
     features = suite.features
-    rendered_plots = [
-        plot("plot-pass-rate", "Pass rate per feature", plots.pass_rates(features)),
-        plot("plot-latency", "Latency distribution", plots.latency_distribution(features)),
-        plot("plot-cost", "Cost per case", plots.cost_per_case(features)),
-    ]
+    rendered_plots: list[dict[str, Any]] | None = None
+    if plots_available():
+        from featurelm.evals.reports import plots
+
+        rendered_plots = [
+            plot("plot-pass-rate", "Pass rate per feature", plots.pass_rates(features)),
+            plot("plot-latency", "Latency distribution", plots.latency_distribution(features)),
+            plot("plot-cost", "Cost per case", plots.cost_per_case(features)),
+        ]
     failing = [(f, c, c.first_failure) for f in features for c in f.cases if not c.passed]
     run_info = [(k, suite.meta[k]) for k in ("mode", "tenant", "route", "repeat", "started_at",
                                               "duration_s", "featurelm_version")
                 if suite.meta.get(k) not in (None, "")]
     return _ENV.from_string(_TEMPLATE).render(suite=suite, plots=rendered_plots,
                                               failing=failing, run_info=run_info, dump=_dump)
+
+
+def plots_available() -> bool:
+    """Plots come with the `evals` extra (matplotlib); a plain install writes reports without."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _dump(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evals.results import CaseResult, FeatureResult, SuiteResult
+from featurelm.evals.results import CaseResult, FeatureResult, SuiteResult
 
 MAX_FAILING_CASES = 30
 

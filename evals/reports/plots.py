@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evals.results import FeatureResult
+from featurelm.evals.results import FeatureResult
 
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from engine.config import load_config
+from featurelm.engine.config import load_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"

@@ -18,7 +18,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from engine.testing import FaultServer
+from featurelm.engine.testing import FaultServer
 from tests.conftest import SENTIMENT
 from tests.serving.conftest import LiveServer, start_server, write_project
 

@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def featurelm(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     prefix = ["--config", str(config)] if config else []
-    return subprocess.run([sys.executable, "-m", "engine.cli", *prefix, *args], env=env,
+    return subprocess.run([sys.executable, "-m", "featurelm.cli", *prefix, *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -37,7 +37,7 @@ def test_run_without_a_hosted_backend_never_imports_litellm(
         "replies": ['{"sentiment": "positive"}']}}},
         routes={"default": {"backends": ["primary", "vllm"]}})
     script = ("import sys\n"
-              "from engine.cli import main\n"
+              "from featurelm.cli import main\n"
               f"code = main(['--config', {str(config)!r}, 'run', 'sentiment', "
               "'--input', '{\"text\": \"great\"}'])\n"
               "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'litellm'))\n")

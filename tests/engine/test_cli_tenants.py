@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from engine.cli import main
-from engine.engine import Engine
-from engine.store import Principal
+from featurelm.cli import main
+from featurelm.engine.engine import Engine
+from featurelm.engine.store import Principal
 from tests.conftest import SENTIMENT, ProjectFactory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,8 +119,8 @@ def test_apply_dry_run_list_rollback_and_diff(cli: Cli, project: Path) -> None:
 
 
 def test_a_bad_file_in_a_real_process_gives_one_line_and_exit_2(project: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "engine.cli", "--config", str(project)]
+    env = dict(os.environ)
+    base = [sys.executable, "-m", "featurelm.cli", "--config", str(project)]
     created = subprocess.run([*base, "tenant", "create", "acme"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert created.returncode == 0, created.stderr

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from engine import Engine, InputError, NotFoundError, OutputError, RunOptions
-from engine.backends.scripted import ScriptedBackend
+from featurelm.engine import Engine, InputError, NotFoundError, OutputError, RunOptions
+from featurelm.engine.backends.scripted import ScriptedBackend
 from tests.conftest import SENTIMENT, ProjectFactory, scripted
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine import ContractError, Engine
+from featurelm.engine import ContractError, Engine
 from tests.conftest import SENTIMENT, ProjectFactory
 
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from engine import Engine
-from engine.backends.base import CompletionRequest, Message
-from engine.backends.local import LocalLlamaBackend, LocalOptions, grammar_schema
-from engine.errors import BackendError
-from engine.schemas import violations
+from featurelm.engine import Engine
+from featurelm.engine.backends.base import CompletionRequest, Message
+from featurelm.engine.backends.local import LocalLlamaBackend, LocalOptions, grammar_schema
+from featurelm.engine.errors import BackendError
+from featurelm.engine.schemas import violations
 from tests.conftest import SENTIMENT, ProjectFactory
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from engine import ContractError, Engine, NotFoundError
-from engine.backends.scripted import ScriptedBackend
-from engine.loader import LoadedFeature
-from engine.store import Store
+from featurelm.engine import ContractError, Engine, NotFoundError
+from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.store import Store
 from tests.conftest import SENTIMENT, ProjectFactory, scripted
 from tests.engine.test_store import store_url  # noqa: F401  (fixture: SQLite and Postgres)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
+from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engine.schemas import json_depth, schema_problems, violations
+from featurelm.engine.schemas import json_depth, schema_problems, violations
 
 
 def test_catastrophic_backtracking_pattern_runs_in_linear_time() -> None:

@@ -17,11 +17,11 @@ import pytest
 import re2
 from jsonschema import Draft202012Validator
 
-from engine.config import LimitsConfig, load_config
-from engine.contracts import FeatureSpec
-from engine.loader import FeatureRegistry
-from engine.prompts import CompiledTemplate, PromptRenderer
-from engine.safe_yaml import load_yaml_file
+from featurelm.engine.config import LimitsConfig, load_config
+from featurelm.engine.contracts import FeatureSpec
+from featurelm.engine.loader import FeatureRegistry
+from featurelm.engine.prompts import CompiledTemplate, PromptRenderer
+from featurelm.engine.safe_yaml import load_yaml_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURE_FILES = sorted((ROOT / "features").glob("*.yaml"))

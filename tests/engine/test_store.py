@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from engine.errors import ContractError, InputError, NotFoundError
-from engine.store import Principal, Store, StoreUnavailable, async_url, key_digest
+from featurelm.engine.errors import ContractError, InputError, NotFoundError
+from featurelm.engine.store import Principal, Store, StoreUnavailable, async_url, key_digest
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -224,7 +224,7 @@ def test_the_schema_revision_is_the_newest_migration() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from engine.store import MIGRATIONS, SCHEMA_REVISION
+    from featurelm.engine.store import MIGRATIONS, SCHEMA_REVISION
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from engine.backends.base import CompletionRequest, Message
-from engine.backends.scripted import ScriptedBackend
-from engine.errors import BackendError, OutputError
-from engine.structured import generate_structured, parse_output
+from featurelm.engine.backends.base import CompletionRequest, Message
+from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.engine.errors import BackendError, OutputError
+from featurelm.engine.structured import generate_structured, parse_output
 
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "required": ["label", "score"],

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from evals.assertions import Outcome
-from evals.results import CaseResult, FeatureResult, RunResult, SuiteResult
+from featurelm.evals.assertions import Outcome
+from featurelm.evals.results import CaseResult, FeatureResult, RunResult, SuiteResult
 
 
 def make_run(passed: bool, *, latency: float = 120.0, cost: float = 0.0002,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from evals.assertions import Assertion, Observation, Outcome, Services, Verdict
-from evals.similarity import INSTALL_HINT, LazyEmbedder, PackagedMiniLM, SimilarityUnavailable
+from featurelm.evals.assertions import Assertion, Observation, Outcome, Services, Verdict
+from featurelm.evals.similarity import INSTALL_HINT, LazyEmbedder, PackagedMiniLM, SimilarityUnavailable
 
 ADAPTER: TypeAdapter[Any] = TypeAdapter(Assertion)
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from evals.compare import compare, render_markdown
-from evals.results import CaseResult, RunResult, SuiteResult
+from featurelm.evals.compare import compare, render_markdown
+from featurelm.evals.results import CaseResult, RunResult, SuiteResult
 
 MakeRun = Callable[..., RunResult]
 

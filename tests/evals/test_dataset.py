@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from engine.errors import ContractError
-from evals.assertions import Equals, Regex
-from evals.dataset import find_dataset, load_dataset
+from featurelm.engine.errors import ContractError
+from featurelm.evals.assertions import Equals, Regex
+from featurelm.evals.dataset import find_dataset, load_dataset
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.backends import register
-from engine.backends.base import CompletionRequest
-from engine.backends.scripted import ScriptedBackend
-from engine.config import BackendConfig
-from evals.cli import add_arguments, run
+from featurelm.engine.backends import register
+from featurelm.engine.backends.base import CompletionRequest
+from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.engine.config import BackendConfig
+from featurelm.evals.cli import add_arguments, run
 from tests.conftest import ProjectFactory
 
 SECRET = "sk-test-abcdefghijklmnop1234"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.backends.base import CompletionRequest, Message
-from engine.backends.scripted import ScriptedBackend
-from evals.cassettes import REDACTED, CassetteStore, request_key, scrub
-from evals.recording import Miss, MissingRecording, RecordingBackend, ReplayingBackend
+from featurelm.engine.backends.base import CompletionRequest, Message
+from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.evals.cassettes import REDACTED, CassetteStore, request_key, scrub
+from featurelm.evals.recording import Miss, MissingRecording, RecordingBackend, ReplayingBackend
 
 REQUEST = CompletionRequest(
     messages=(Message("system", "Classify the ticket."), Message("user", "refund please")),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from evals.reports import plots, write_reports
-from evals.results import SuiteResult
+from featurelm.evals.reports import plots, write_reports
+from featurelm.evals.results import SuiteResult
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

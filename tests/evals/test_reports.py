@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from evals.reports import write_reports
-from evals.reports.markdown import render as render_markdown
-from evals.results import SuiteResult, from_json, load_report, to_json
+from featurelm.evals.reports import write_reports
+from featurelm.evals.reports.markdown import render as render_markdown
+from featurelm.evals.results import SuiteResult, from_json, load_report, to_json
 
 
 def test_report_json_round_trips_and_carries_derived_scores(suite: SuiteResult,

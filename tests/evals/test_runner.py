@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine.errors import Attempt, BackendError, OutputError
-from evals.results import FeatureResult
-from evals.runner import FeatureTarget, Invocation, run_suite
+from featurelm.engine.errors import Attempt, BackendError, OutputError
+from featurelm.evals.results import FeatureResult
+from featurelm.evals.runner import FeatureTarget, Invocation, run_suite
 
 SCHEMA = {"type": "object", "properties": {"category": {"type": "string"}},
           "required": ["category"]}

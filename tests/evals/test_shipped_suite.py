@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evals.cli import add_arguments, run
-from evals.dataset import SUFFIXES
+from featurelm.evals.cli import add_arguments, run
+from featurelm.evals.dataset import SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[2]
 CASSETTES = ROOT / "evals" / "cassettes"

@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from evals.assertions import Observation, Services, Similar
-from evals.similarity import LazyEmbedder, PackagedMiniLM
+from featurelm.evals.assertions import Observation, Services, Similar
+from featurelm.evals.similarity import LazyEmbedder, PackagedMiniLM
 
 pytestmark = [
     pytest.mark.slow,

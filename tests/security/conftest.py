@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.testing.fault_server import Fault, FaultPlan, FaultServer, default_reply
+from featurelm.engine.testing.fault_server import Fault, FaultPlan, FaultServer, default_reply
 from tests.conftest import SENTIMENT, scripted
 from tests.serving.conftest import LiveServer, start_server, write_project
 

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from engine import Engine, RunOptions
-from engine.config import EngineConfig
-from engine.errors import ContractError, InputError
-from engine.loader import build_feature
-from engine.safe_yaml import load_yaml_text
+from featurelm.engine import Engine, RunOptions
+from featurelm.engine.config import EngineConfig
+from featurelm.engine.errors import ContractError, InputError
+from featurelm.engine.loader import build_feature
+from featurelm.engine.safe_yaml import load_yaml_text
 from tests.conftest import SENTIMENT
 
 ROOT = Path(__file__).resolve().parents[2]

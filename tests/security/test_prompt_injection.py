@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.config import EngineConfig
-from engine.loader import FeatureRegistry, LoadedFeature
-from engine.prompts import PromptRenderer
-from engine.schemas import violations
+from featurelm.engine.config import EngineConfig
+from featurelm.engine.loader import FeatureRegistry, LoadedFeature
+from featurelm.engine.prompts import PromptRenderer
+from featurelm.engine.schemas import violations
 from tests.security.conftest import OBEY, SecureServer, assert_problem, still_serves
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from engine import Engine
-from engine.errors import ContractError, InputError
+from featurelm.engine import Engine
+from featurelm.engine.errors import ContractError, InputError
 from tests.conftest import SENTIMENT, ProjectFactory
 from tests.security.conftest import SecureServer, assert_problem, override_versions, still_serves
 

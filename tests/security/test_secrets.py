@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.store import Store
-from evals.cli import add_arguments, run
+from featurelm.engine.store import Store
+from featurelm.evals.cli import add_arguments, run
 from tests.security.conftest import (
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,

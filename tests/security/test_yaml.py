@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.errors import ContractError
-from engine.safe_yaml import load_yaml_file, load_yaml_text
+from featurelm.engine.errors import ContractError
+from featurelm.engine.safe_yaml import load_yaml_file, load_yaml_text
 from tests.security.conftest import SecureServer, assert_problem, override_versions, still_serves
 
 PWNED = Path("/tmp/featurelm-security-yaml-pwned")

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from engine import Engine
-from engine.store import Store
-from serving.app import create_app
+from featurelm.engine import Engine
+from featurelm.engine.store import Store
+from featurelm.serving.app import create_app
 from tests.conftest import SENTIMENT, ProjectFactory, free_port, scripted
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,10 +123,10 @@ def start_server(config: Path, tenants: list[str]) -> LiveServer:
     keys = asyncio.run(make_keys(store_url, tenants))
     port = free_port()
     log = config.parent / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "--config", str(config), "serve",
+            [sys.executable, "-m", "featurelm.cli", "--config", str(config), "serve",
              "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=config.parent)
     server = LiveServer(f"http://127.0.0.1:{port}", process, log, keys)

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from engine import Engine
-from engine.backends.scripted import ScriptedBackend
-from serving.app import create_app
+from featurelm.engine import Engine
+from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.serving.app import create_app
 from tests.conftest import SENTIMENT, ProjectFactory, last_line_of_python
 from tests.serving.conftest import Client, ClientFactory
 
@@ -321,7 +321,7 @@ async def test_metrics_count_calls_tokens_and_failures(client: Client) -> None:
 
 async def test_request_id_is_echoed_and_logs_hold_no_prompt_text(
         client: Client, caplog: pytest.LogCaptureFixture) -> None:
-    from serving.logs import JsonFormatter
+    from featurelm.serving.logs import JsonFormatter
 
     secret_text = "my very private review text"
     with caplog.at_level(logging.DEBUG):
@@ -382,14 +382,14 @@ async def test_with_auth_required_the_store_opens_at_start(make_project: Project
 def test_the_server_loads_store_eval_and_regex_code_only_when_used() -> None:
     # Each costs resident memory in every replica: SQLAlchemy and alembic about 20 MiB.
     script = ("import sys\n"
-              "import engine.cli, serving.server, engine.engine, evals.gate\n"
+              "import featurelm.cli, featurelm.serving.server, featurelm.engine.engine, featurelm.evals.gate\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & "
               "{'sqlalchemy', 'alembic', 're2', 'tqdm'}))\n")
     assert last_line_of_python(script) == "[]"
 
 
 def test_after_startup_the_collector_skips_startup_objects() -> None:
-    from serving.server import GC_YOUNG_THRESHOLD, tune_gc
+    from featurelm.serving.server import GC_YOUNG_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:

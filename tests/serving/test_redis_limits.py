@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.config import HttpConfig
-from serving.idempotency import Idempotency, Stored
-from serving.kv import RedisKV
-from serving.limits import Limiter
-from serving.problems import ProblemError
+from featurelm.engine.config import HttpConfig
+from featurelm.serving.idempotency import Idempotency, Stored
+from featurelm.serving.kv import RedisKV
+from featurelm.serving.limits import Limiter
+from featurelm.serving.problems import ProblemError
 
 pytestmark = pytest.mark.redis
 

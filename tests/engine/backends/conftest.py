@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.testing import FaultServer
+from featurelm.engine.testing import FaultServer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from engine.testing import Fault, FaultPlan, FaultServer
+from featurelm.engine.testing import Fault, FaultPlan, FaultServer
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -74,7 +74,7 @@ def test_the_command_line_serves_with_faults():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "engine.testing.fault_server", "--port", str(port),
+    command = [sys.executable, "-m", "featurelm.engine.testing.fault_server", "--port", str(port),
                "--rate", "429=1", "--retry-after", "2"]
     with subprocess.Popen(command, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL) as process:

@@ -8,13 +8,13 @@ import sys
 import litellm
 import pytest
 
-import engine.backends.hosted  # noqa: F401  (first: keeps the litellm import offline)
-from engine.backends import build_backend
-from engine.backends.base import CompletionRequest, Message, Usage
-from engine.config import BackendConfig
-from engine.costs import cost_usd
-from engine.errors import BackendError, ContractError
-from engine.testing import Fault
+import featurelm.engine.backends.hosted  # noqa: F401  (first: keeps the litellm import offline)
+from featurelm.engine.backends import build_backend
+from featurelm.engine.backends.base import CompletionRequest, Message, Usage
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.costs import cost_usd
+from featurelm.engine.errors import BackendError, ContractError
+from featurelm.engine.testing import Fault
 
 # litellm builds pydantic models of its own types lazily, on the first call.
 pytestmark = pytest.mark.filterwarnings(
@@ -35,7 +35,7 @@ def hosted(fault_server, monkeypatch):
 
 @pytest.mark.slow  # a fresh interpreter importing litellm takes several seconds
 def test_importing_the_adapter_keeps_litellm_offline():
-    code = ("import engine.backends.hosted, litellm, os\n"
+    code = ("import featurelm.engine.backends.hosted, litellm, os\n"
             "assert os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] == 'True'\n"
             "assert litellm.model_cost['gpt-4o-mini']['input_cost_per_token'] > 0\n")
     env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from engine import Engine
-from engine.backends.local import packaged_model_path
-from engine.errors import BackendError
-from engine.schemas import violations
+from featurelm.engine import Engine
+from featurelm.engine.backends.local import packaged_model_path
+from featurelm.engine.errors import BackendError
+from featurelm.engine.schemas import violations
 from tests.conftest import SENTIMENT, ProjectFactory, free_port
 
 pytestmark = pytest.mark.slow

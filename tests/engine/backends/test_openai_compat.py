@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from engine.backends import build_backend
-from engine.backends.base import CompletionRequest, Message
-from engine.backends.openai_compat import OpenAICompatBackend
-from engine.config import BackendConfig
-from engine.errors import BackendError, ContractError
-from engine.testing import Fault, FaultServer
-from engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.backends import build_backend
+from featurelm.engine.backends.base import CompletionRequest, Message
+from featurelm.engine.backends.openai_compat import OpenAICompatBackend
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.errors import BackendError, ContractError
+from featurelm.engine.testing import Fault, FaultServer
+from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"],
           "additionalProperties": False}
@@ -251,14 +251,14 @@ async def test_config_defaults_to_openai_json_schema_and_declares_capabilities()
 def test_importing_the_adapter_does_not_import_litellm():
     code = (
         "import sys\n"
-        "from engine.backends import build_backend\n"
-        "from engine.config import BackendConfig, RouteConfig\n"
-        "from engine.dispatch import Dispatcher\n"
-        "import engine.backends.openai_compat, engine.costs, engine.testing\n"
+        "from featurelm.engine.backends import build_backend\n"
+        "from featurelm.engine.config import BackendConfig, RouteConfig\n"
+        "from featurelm.engine.dispatch import Dispatcher\n"
+        "import featurelm.engine.backends.openai_compat, featurelm.engine.costs, featurelm.engine.testing\n"
         "b = build_backend('v', BackendConfig(kind='openai', model='m',"
         " options={'base_urls': ['http://127.0.0.1:1/v1']}))\n"
         "Dispatcher({'v': b}, {'default': RouteConfig(backends=['v'])})\n"
-        "assert 'engine.backends.openai_compat' in sys.modules\n"
+        "assert 'featurelm.engine.backends.openai_compat' in sys.modules\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('litellm', 'openai')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,8 +10,8 @@ import aiohttp
 import httpx
 import pytest
 
-import engine.backends.hosted  # noqa: F401  (loads litellm offline, as a hosted backend does)
-from engine.backends.provider_errors import (
+import featurelm.engine.backends.hosted  # noqa: F401  (loads litellm offline, as a hosted backend does)
+from featurelm.engine.backends.provider_errors import (
     MalformedResponse,
     ProviderStatusError,
     classify_status,
@@ -20,7 +20,7 @@ from engine.backends.provider_errors import (
     parse_retry_after,
     rule_for,
 )
-from engine.errors import BackendError
+from featurelm.engine.errors import BackendError
 
 litellm = pytest.importorskip("litellm")
 openai = pytest.importorskip("openai")

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 import pytest
 import redis.asyncio as aioredis
 
-from engine import Engine
-from engine.backends import Backend
-from engine.backends.base import CompletionRequest
-from engine.backends.scripted import Reply, ScriptedBackend
-from engine.cache import MemoryCache
+from featurelm.engine import Engine
+from featurelm.engine.backends import Backend
+from featurelm.engine.backends.base import CompletionRequest
+from featurelm.engine.backends.scripted import Reply, ScriptedBackend
+from featurelm.engine.cache import MemoryCache
 from tests.conftest import SENTIMENT, ProjectFactory
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine import BackendError, OutputError, RunOptions
+from featurelm.engine import BackendError, OutputError, RunOptions
 from tests.conftest import SENTIMENT
 from tests.engine.cache.conftest import (
     POSITIVE,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cache import MemoryCache
-from engine.config import EngineConfig, load_config
-from engine.errors import ContractError
+from featurelm.engine.cache import MemoryCache
+from featurelm.engine.config import EngineConfig, load_config
+from featurelm.engine.errors import ContractError
 from tests.conftest import ProjectFactory
 
 

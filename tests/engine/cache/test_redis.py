@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine import BackendError
-from engine.cache.base import Done, Lease
-from engine.cache.redis import RedisCache
-from engine.config import CacheSettings
+from featurelm.engine import BackendError
+from featurelm.engine.cache.base import Done, Lease
+from featurelm.engine.cache.redis import RedisCache
+from featurelm.engine.config import CacheSettings
 from tests.engine.cache.conftest import (
     REDIS_URL,
     CacheUnderTest,

@@ -7,10 +7,10 @@ import tiktoken
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.backends.base import Message, Usage
-from engine.config import BackendConfig
-from engine.costs import cost_usd
-from engine.tokens import (
+from featurelm.engine.backends.base import Message, Usage
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.costs import cost_usd
+from featurelm.engine.tokens import (
     count_prompt_tokens,
     count_text_tokens,
     get_encoding,
@@ -43,8 +43,8 @@ def test_counting_never_touches_the_network():
             "def refuse(*a, **k): raise AssertionError('network used')\n"
             "socket.socket.connect = refuse\n"
             "socket.create_connection = refuse\n"
-            "from engine.backends.base import Message\n"
-            "from engine.tokens import count_prompt_tokens\n"
+            "from featurelm.engine.backends.base import Message\n"
+            "from featurelm.engine.tokens import count_prompt_tokens\n"
             "print(count_prompt_tokens([Message('user', 'hi')], 'cl100k_base'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from engine.backends.base import CompletionRequest, Message
-from engine.backends.openai_compat import OpenAICompatBackend
-from engine.config import BackendConfig, RouteConfig
-from engine.dispatch import BreakerPolicy, BreakerState, CallRecord, Dispatcher, RetryPolicy
-from engine.errors import BackendError, InputError
-from engine.testing import Fault, FaultPlan, FaultServer
-from engine.tokens import prompt_token_bound
+from featurelm.engine.backends.base import CompletionRequest, Message
+from featurelm.engine.backends.openai_compat import OpenAICompatBackend
+from featurelm.engine.config import BackendConfig, RouteConfig
+from featurelm.engine.dispatch import BreakerPolicy, BreakerState, CallRecord, Dispatcher, RetryPolicy
+from featurelm.engine.errors import BackendError, InputError
+from featurelm.engine.testing import Fault, FaultPlan, FaultServer
+from featurelm.engine.tokens import prompt_token_bound
 
 REQUEST = CompletionRequest(messages=(Message("user", "Where is my parcel?"),), max_tokens=64,
                             cache_salt="salt-a", labels={"tenant": "acme", "feature": "triage"})
@@ -252,7 +252,7 @@ async def test_only_prompts_near_a_window_are_tokenized(servers, dispatcher_for,
     def no_tokenizer(*args: object) -> None:
         raise AssertionError("a prompt that surely fits was tokenized")
 
-    monkeypatch.setattr("engine.tokens.get_encoding", no_tokenizer)
+    monkeypatch.setattr("featurelm.engine.tokens.get_encoding", no_tokenizer)
     short = CompletionRequest(messages=(Message("user", "parcel"),), max_tokens=64)
     assert dispatcher.backends_fitting("main", short) == ["small", "large"]
 

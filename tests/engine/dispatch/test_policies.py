@@ -2,8 +2,8 @@
 
 import random
 
-from engine.dispatch import BreakerPolicy, BreakerState, CircuitBreaker, RetryPolicy
-from engine.errors import BackendError
+from featurelm.engine.dispatch import BreakerPolicy, BreakerState, CircuitBreaker, RetryPolicy
+from featurelm.engine.errors import BackendError
 
 
 class Clock:

@@ -1,4 +1,8 @@
-"""The `featurelm` command line. Serving and evals are imported only by the commands using them."""
+"""The `featurelm` command line: the composition root that wires engine, serving and evals.
+
+Serving and evals load only in the commands that use them, so a plain install (no extras)
+runs every command; an optional part that is missing is named in one line with its extra.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ContractError, FeaturelmError, InputError, NotFoundError
+from featurelm.engine.errors import ContractError, FeaturelmError, InputError, NotFoundError
+
+CONFIG_HELP = ("featurelm.yaml to use (default: $FEATURELM_CONFIG, then ./featurelm.yaml, "
+               "then built-in defaults); accepted before or after the command")
 
 
 def _read_file(path: Path) -> str:
@@ -50,16 +57,22 @@ def _print_error(exc: FeaturelmError, *, one_line: bool = False) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
+    from featurelm.engine.engine import Engine
 
     engine = Engine.from_config(args.config)
     names = engine.registry.names()
     print(f"ok: {len(names)} feature(s): {', '.join(names)}")
+    # Eval datasets are for `featurelm eval`, not for serving: a missing one is only a warning.
+    from featurelm.evals.harness import missing_datasets
+
+    for feature, path in missing_datasets(engine):
+        print(f"warning: {feature}: eval dataset {path} not found (featurelm eval will refuse "
+              "it; serving does not need it)", file=sys.stderr)
     return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from engine.engine import Engine, RunOptions
+    from featurelm.engine.engine import Engine, RunOptions
 
     payload = _read_input(args.input)
     engine = Engine.from_config(args.config)
@@ -73,7 +86,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from engine.contracts import FeatureSpec
+    from featurelm.engine.contracts import FeatureSpec
 
     schema = FeatureSpec.model_json_schema()
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -83,7 +96,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _tenant(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
+    from featurelm.engine.engine import Engine
 
     engine = Engine.from_config(args.config)
     try:
@@ -104,11 +117,11 @@ async def _tenant(args: argparse.Namespace) -> int:
 
 
 async def _override(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
+    from featurelm.engine.engine import Engine
 
     engine = Engine.from_config(args.config)
     if getattr(args, "evals", False):
-        from evals.gate import make_eval_gate
+        from featurelm.evals.gate import make_eval_gate
 
         engine.overrides.eval_gate = make_eval_gate(engine)
     overrides = engine.overrides
@@ -154,9 +167,9 @@ async def _override(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
-    from evals.gate import make_eval_gate
-    from serving.server import serve
+    from featurelm.engine.engine import Engine
+    from featurelm.evals.gate import make_eval_gate
+    from featurelm.serving.server import serve
 
     def with_eval_gate(engine: Engine) -> None:
         # The admin API's `run_evals=true` gates an override on the feature's eval cases.
@@ -165,11 +178,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config=args.config, host=args.host, port=args.port, prepare=with_eval_gate)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from featurelm.evals import cli as evals_cli
+
+    return asyncio.run(evals_cli.run(args))
+
+
+class _Commands:
+    """Subcommand parsers that all accept the shared options (--config)."""
+
+    def __init__(self, commands: Any, shared: argparse.ArgumentParser):
+        self.commands = commands
+        self.shared = shared
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.commands.add_parser(
+            name, parents=[self.shared], **kwargs)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featurelm", description=__doc__)
-    parser.add_argument("--config", help="featurelm.yaml to use (default: $FEATURELM_CONFIG, "
-                                         "then ./featurelm.yaml, then built-in defaults)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="featurelm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # Every (sub)command takes --config too; SUPPRESS keeps a value given before the command
+    # from being reset by the subcommand's default.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True), config)
 
     check = commands.add_parser("check", help="load and validate every feature")
     check.set_defaults(handler=cmd_check)
@@ -187,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --author may come before or after the subcommand; SUPPRESS keeps the subcommand's
     # default from overwriting a value given before it.
-    author = argparse.ArgumentParser(add_help=False)
+    author = argparse.ArgumentParser(add_help=False, parents=[config])
     author.add_argument("--author", default=argparse.SUPPRESS,
                         help="who is acting, for the audit log (default: cli)")
     tenant = commands.add_parser("tenant", help="manage tenants and API keys")
@@ -196,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = tenant_commands.add_parser("create", parents=[author],
                                         help="create a tenant; prints its API key once")
     create.add_argument("name")
-    tenant_commands.add_parser("list", help="list tenants")
+    tenant_commands.add_parser("list", parents=[config], help="list tenants")
     tenant_commands.add_parser("admin-key", parents=[author],
                                help="create an operator key for the admin API")
     tenant.set_defaults(handler=lambda a: asyncio.run(_tenant(a)))
@@ -213,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="validate and show the rendered prompt; save nothing")
     apply.add_argument("--evals", action="store_true",
                        help="refuse activation if the feature's eval cases fall below threshold")
-    listing = override_commands.add_parser("list", help="list versions (* = active)")
+    listing = override_commands.add_parser("list", parents=[config],
+                                           help="list versions (* = active)")
     listing.add_argument("tenant")
     listing.add_argument("feature", nargs="?")
     for verb, text in (("rollback", "make an earlier version active again"),
@@ -226,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               help="serve the base feature again")
     deactivate.add_argument("tenant")
     deactivate.add_argument("feature")
-    diff = override_commands.add_parser("diff", help="unified diff of two versions")
+    diff = override_commands.add_parser("diff", parents=[config],
+                                        help="unified diff of two versions")
     diff.add_argument("tenant")
     diff.add_argument("feature")
     diff.add_argument("v1", type=int)
@@ -234,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     override.set_defaults(handler=lambda a: asyncio.run(_override(a)))
 
     evaluate = commands.add_parser("eval", help="run the offline eval suite")
-    from evals import cli as evals_cli
+    from featurelm.evals import arguments as eval_arguments
 
-    evals_cli.add_arguments(evaluate)
-    evaluate.set_defaults(handler=lambda a: asyncio.run(evals_cli.run(a)))
+    eval_arguments.add_arguments(evaluate)
+    evaluate.set_defaults(handler=_eval)
 
     serve = commands.add_parser("serve", help="serve every feature over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
