@@ -42,7 +42,6 @@ class LoadedFeature:
     user: CompiledTemplate
     #: Tenant override version merged into this feature, if any.
     override_version: int | None = None
-    extras: Mapping[str, Any] = field(default_factory=dict)
     #: Per renderer: the turns that do not depend on the input (see `_constant_turns`).
     _constant: dict[PromptRenderer, tuple[Message | None, str, tuple[Message, ...]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)

@@ -131,9 +131,6 @@ class LocalLlamaBackend:
         # +4 per message approximates the chat template's role markers.
         return sum(len(llm.tokenize(m.content.encode(), add_bos=False)) + 4 for m in messages)
 
-    def count_tokens(self, messages: tuple[Message, ...]) -> int:
-        return self._count(self._load(), messages)
-
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() > deadline:
             raise BackendError("local model ran past the deadline", backend=self.name,

@@ -90,7 +90,6 @@ class Replica:
     in_flight: int = 0
     #: Sequence number of the last pick, so ties go to the replica used least recently.
     last_pick: int = 0
-    served: int = 0
 
 
 class Balancer:
@@ -106,7 +105,6 @@ class Balancer:
         replica = min(self.replicas, key=lambda r: ((r.in_flight + 1) / r.weight, r.last_pick))
         replica.in_flight += 1
         replica.last_pick = next(self._picks)
-        replica.served += 1
         try:
             yield replica
         finally:
