@@ -6,8 +6,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from featurelm.engine.backends.base import Usage
 from featurelm.engine.config import BackendConfig
+from featurelm.engine.types import Usage
 
 _PER_MTOK = 1_000_000
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurelm.engine.backends import Backend
-from featurelm.engine.backends.base import Completion, CompletionRequest
 from featurelm.engine.cache import BackendId, CacheEntry, ResultCache, build_store
 from featurelm.engine.config import EngineConfig, load_config
 from featurelm.engine.dispatch import CallRecord, Dispatched, Dispatcher
@@ -31,6 +30,7 @@ from featurelm.engine.overrides import EvalGate, Overrides
 from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
 from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
 from featurelm.engine.structured import generate_structured
+from featurelm.engine.types import Completion, CompletionRequest
 
 if TYPE_CHECKING:
     from featurelm.engine.store import Store

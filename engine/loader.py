@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from featurelm.engine.backends.base import Message
 from featurelm.engine.config import EngineConfig, pydantic_issues
 from featurelm.engine.contracts import FeatureSpec
 from featurelm.engine.errors import ContractError, ContractIssue
 from featurelm.engine.prompts import CompiledTemplate, PromptRenderer, TemplateRefused
 from featurelm.engine.safe_yaml import load_yaml_file
 from featurelm.engine.schemas import schema_hash, schema_problems, violations
+from featurelm.engine.types import Message
 
 SCHEMA_INSTRUCTION = (
     "Reply with one JSON object that satisfies this JSON Schema, and nothing else "

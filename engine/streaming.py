@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from featurelm.engine.backends.base import Completion, CompletionRequest, StreamingBackend, Usage
+from featurelm.engine.backends.base import StreamingBackend
 from featurelm.engine.costs import cost_usd
 from featurelm.engine.dispatch import CallRecord
 from featurelm.engine.engine import Engine, Meta, Result, RunOptions
@@ -22,6 +22,7 @@ from featurelm.engine.errors import BackendError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.structured import generate_structured
 from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.types import Completion, CompletionRequest, Usage
 
 
 @dataclass(frozen=True)

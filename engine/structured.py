@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from featurelm.engine.backends.base import Completion, CompletionRequest, Message
 from featurelm.engine.errors import Attempt, OutputError
 from featurelm.engine.schemas import violations
+from featurelm.engine.types import Completion, CompletionRequest, Message
 
 MAX_RAW_KEPT = 2000
 

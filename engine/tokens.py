@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from featurelm.engine.backends.base import Message
+from featurelm.engine.types import Message
 
 if TYPE_CHECKING:
     import tiktoken

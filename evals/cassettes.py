@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featurelm.engine.backends.base import Completion, CompletionRequest, Usage
+from featurelm.engine.types import Completion, CompletionRequest, Usage
 
 CASSETTE_FORMAT = 1
 REDACTED = "[REDACTED]"

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from featurelm.engine.backends.base import Backend, Completion, CompletionRequest
+from featurelm.engine.backends.base import Backend
 from featurelm.engine.errors import BackendError
+from featurelm.engine.types import Completion, CompletionRequest
 from featurelm.evals.cassettes import CassetteStore
 
 

@@ -13,16 +13,16 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from featurelm.engine.backends.base import (
-    Backend,
+from featurelm.engine.backends.base import Backend
+from featurelm.engine.config import BackendConfig, pydantic_issues
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.types import (
     Capabilities,
     Completion,
     CompletionRequest,
     Message,
     StructuredDialect,
 )
-from featurelm.engine.config import BackendConfig, pydantic_issues
-from featurelm.engine.errors import ContractError, ContractIssue
 
 BackendFactory = Callable[[str, BackendConfig], Backend]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)

@@ -14,18 +14,18 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
-from featurelm.engine.backends.base import (
+from featurelm.engine.backends.openai_compat import structured_fields
+from featurelm.engine.backends.provider_errors import MalformedResponse, mapped_errors
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.errors import ContractError, ContractIssue
+from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.types import (
     Capabilities,
     Completion,
     CompletionRequest,
     StructuredDialect,
     Usage,
 )
-from featurelm.engine.backends.openai_compat import structured_fields
-from featurelm.engine.backends.provider_errors import MalformedResponse, mapped_errors
-from featurelm.engine.config import BackendConfig
-from featurelm.engine.errors import ContractError, ContractIssue
-from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
 
 # Must precede the import: litellm reads it at import time to stay offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurelm.engine.backends import adapter_options, register
-from featurelm.engine.backends.base import Capabilities, Completion, CompletionRequest, Message, Usage
 from featurelm.engine.config import BackendConfig
 from featurelm.engine.errors import BackendError
+from featurelm.engine.types import Capabilities, Completion, CompletionRequest, Message, Usage
 
 _ASSEMBLE_LOCK = threading.Lock()
 log = logging.getLogger("featurelm.llama_cpp")

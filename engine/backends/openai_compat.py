@@ -20,13 +20,6 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
-from featurelm.engine.backends.base import (
-    Capabilities,
-    Completion,
-    CompletionRequest,
-    StructuredDialect,
-    Usage,
-)
 from featurelm.engine.backends.provider_errors import (
     MalformedResponse,
     ProviderStatusError,
@@ -34,6 +27,13 @@ from featurelm.engine.backends.provider_errors import (
 )
 from featurelm.engine.config import BackendConfig
 from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.types import (
+    Capabilities,
+    Completion,
+    CompletionRequest,
+    StructuredDialect,
+    Usage,
+)
 
 #: Dialects an HTTP chat server can speak ("grammar" is for in-process decoding only).
 HTTP_DIALECTS: tuple[StructuredDialect, ...] = (

@@ -14,14 +14,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from featurelm.engine.backends import adapter_options, register
-from featurelm.engine.backends.base import (
+from featurelm.engine.config import BackendConfig
+from featurelm.engine.types import (
     Capabilities,
     Completion,
     CompletionRequest,
     StructuredDialect,
     Usage,
 )
-from featurelm.engine.config import BackendConfig
 
 Reply = str | BaseException
 ReplyFunction = Callable[[CompletionRequest], Reply | Awaitable[Reply]]

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from featurelm.engine.backends.base import CompletionRequest
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.schemas import canonical_json
+from featurelm.engine.types import CompletionRequest
 
 #: Bumped when the key material changes, so old entries are never misread.
 KEY_VERSION = "featurelm-cache-2"

@@ -6,8 +6,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from featurelm.engine.backends.base import CompletionRequest
-from featurelm.engine.cache.base import CacheEntry, CacheStore, Done, Lease, decode_outcome, encode_outcome
+from featurelm.engine.cache.base import (
+    CacheEntry,
+    CacheStore,
+    Done,
+    Lease,
+    decode_outcome,
+    encode_outcome,
+)
 from featurelm.engine.cache.coalesce import SingleFlight
 from featurelm.engine.cache.keys import BackendId, CacheKeys, cache_keys
 from featurelm.engine.cache.memory import MemoryCache, NullCache
@@ -15,6 +21,7 @@ from featurelm.engine.config import EngineConfig
 from featurelm.engine.errors import FeaturelmError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.schemas import violations
+from featurelm.engine.types import CompletionRequest
 
 T = TypeVar("T")
 Computed = tuple[CacheEntry, T]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from featurelm.engine.backends import build_backend
-from featurelm.engine.backends.base import Backend, Completion, CompletionRequest, StreamingBackend, Usage
+from featurelm.engine.backends.base import Backend, StreamingBackend
 from featurelm.engine.backends.provider_errors import circuit_open, deadline_exceeded, mapped_errors
 from featurelm.engine.config import BackendConfig, EngineConfig, RouteConfig
 from featurelm.engine.costs import cost_usd
@@ -24,6 +24,7 @@ from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, Circu
 from featurelm.engine.dispatch.retry import RetryPolicy
 from featurelm.engine.errors import BackendError, ContractError, ContractIssue, InputError
 from featurelm.engine.tokens import count_prompt_tokens, prompt_token_bound
+from featurelm.engine.types import Completion, CompletionRequest, Usage
 
 T = TypeVar("T")
 DEFAULT_RETRY = RetryPolicy()

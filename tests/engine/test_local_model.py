@@ -9,10 +9,10 @@ import time
 import pytest
 
 from featurelm.engine import Engine
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.backends.local import LocalLlamaBackend, LocalOptions, grammar_schema
 from featurelm.engine.errors import BackendError
 from featurelm.engine.schemas import violations
+from featurelm.engine.types import CompletionRequest, Message
 from tests.conftest import SENTIMENT, ProjectFactory
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.engine.errors import BackendError, OutputError
 from featurelm.engine.structured import generate_structured, parse_output
+from featurelm.engine.types import CompletionRequest, Message
 
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "required": ["label", "score"],

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from featurelm.engine.backends import register
-from featurelm.engine.backends.base import CompletionRequest
 from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.engine.config import BackendConfig
+from featurelm.engine.types import CompletionRequest
 from featurelm.evals.cli import add_arguments, run
 from tests.conftest import ProjectFactory
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.backends.scripted import ScriptedBackend
+from featurelm.engine.types import CompletionRequest, Message
 from featurelm.evals.cassettes import REDACTED, CassetteStore, request_key, scrub
 from featurelm.evals.recording import Miss, MissingRecording, RecordingBackend, ReplayingBackend
 

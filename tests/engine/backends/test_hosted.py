@@ -10,11 +10,11 @@ import pytest
 
 import featurelm.engine.backends.hosted  # noqa: F401  (first: keeps the litellm import offline)
 from featurelm.engine.backends import build_backend
-from featurelm.engine.backends.base import CompletionRequest, Message, Usage
 from featurelm.engine.config import BackendConfig
 from featurelm.engine.costs import cost_usd
 from featurelm.engine.errors import BackendError, ContractError
 from featurelm.engine.testing import Fault
+from featurelm.engine.types import CompletionRequest, Message, Usage
 
 # litellm builds pydantic models of its own types lazily, on the first call.
 pytestmark = pytest.mark.filterwarnings(

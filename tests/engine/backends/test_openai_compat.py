@@ -9,12 +9,12 @@ import time
 import pytest
 
 from featurelm.engine.backends import build_backend
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.backends.openai_compat import OpenAICompatBackend
 from featurelm.engine.config import BackendConfig
 from featurelm.engine.errors import BackendError, ContractError
 from featurelm.engine.testing import Fault, FaultServer
 from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
+from featurelm.engine.types import CompletionRequest, Message
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"],
           "additionalProperties": False}

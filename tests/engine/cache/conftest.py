@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 
 from featurelm.engine import Engine
 from featurelm.engine.backends import Backend
-from featurelm.engine.backends.base import CompletionRequest
 from featurelm.engine.backends.scripted import Reply, ScriptedBackend
 from featurelm.engine.cache import MemoryCache
+from featurelm.engine.types import CompletionRequest
 from tests.conftest import SENTIMENT, ProjectFactory
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

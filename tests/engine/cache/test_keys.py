@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from featurelm.engine import Engine
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.cache import BackendId, CacheKeys, cache_keys
 from featurelm.engine.loader import LoadedFeature
+from featurelm.engine.types import CompletionRequest, Message
 from tests.conftest import SENTIMENT, ProjectFactory
 
 CHAIN = [BackendId("primary", "scripted", "m1"), BackendId("fallback", "openai", "m2")]

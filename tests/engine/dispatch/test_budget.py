@@ -7,7 +7,6 @@ import tiktoken
 from hypothesis import given
 from hypothesis import strategies as st
 
-from featurelm.engine.backends.base import Message, Usage
 from featurelm.engine.config import BackendConfig
 from featurelm.engine.costs import cost_usd
 from featurelm.engine.tokens import (
@@ -16,6 +15,7 @@ from featurelm.engine.tokens import (
     get_encoding,
     prompt_token_bound,
 )
+from featurelm.engine.types import Message, Usage
 
 MESSAGES = (Message("system", "You classify support tickets."),
             Message("user", "My card was charged twice for order 1234."))
@@ -43,7 +43,7 @@ def test_counting_never_touches_the_network():
             "def refuse(*a, **k): raise AssertionError('network used')\n"
             "socket.socket.connect = refuse\n"
             "socket.create_connection = refuse\n"
-            "from featurelm.engine.backends.base import Message\n"
+            "from featurelm.engine.types import Message\n"
             "from featurelm.engine.tokens import count_prompt_tokens\n"
             "print(count_prompt_tokens([Message('user', 'hi')], 'cl100k_base'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -6,13 +6,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from featurelm.engine.backends.base import CompletionRequest, Message
 from featurelm.engine.backends.openai_compat import OpenAICompatBackend
 from featurelm.engine.config import BackendConfig, RouteConfig
-from featurelm.engine.dispatch import BreakerPolicy, BreakerState, CallRecord, Dispatcher, RetryPolicy
+from featurelm.engine.dispatch import (
+    BreakerPolicy,
+    BreakerState,
+    CallRecord,
+    Dispatcher,
+    RetryPolicy,
+)
 from featurelm.engine.errors import BackendError, InputError
 from featurelm.engine.testing import Fault, FaultPlan, FaultServer
 from featurelm.engine.tokens import prompt_token_bound
+from featurelm.engine.types import CompletionRequest, Message
 
 REQUEST = CompletionRequest(messages=(Message("user", "Where is my parcel?"),), max_tokens=64,
                             cache_salt="salt-a", labels={"tenant": "acme", "feature": "triage"})

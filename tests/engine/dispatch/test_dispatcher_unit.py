@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from featurelm.engine.backends.base import Capabilities, Completion, CompletionRequest, Message
 from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.engine.config import BackendConfig, EngineConfig, RouteConfig
 from featurelm.engine.dispatch import Dispatcher, RetryPolicy
 from featurelm.engine.errors import BackendError, ContractError
+from featurelm.engine.types import Capabilities, Completion, CompletionRequest, Message
 
 REQUEST = CompletionRequest(messages=(Message("user", "hi"),))
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.02)
