@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 from featurelm.engine.backends import Backend
 from featurelm.engine.cache import BackendId, CacheEntry, ResultCache, build_store
 from featurelm.engine.config import EngineConfig, load_config
-from featurelm.engine.dispatch import CallRecord, Dispatched, Dispatcher
+from featurelm.engine.dispatch import BreakerState, CallRecord, Dispatched, Dispatcher
 from featurelm.engine.errors import InputError, SchemaViolation
-from featurelm.engine.loader import FeatureRegistry, LoadedFeature
+from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
 from featurelm.engine.overrides import EvalGate, Overrides
 from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
 from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
+from featurelm.engine.stats import EngineStats
 from featurelm.engine.structured import generate_structured
 from featurelm.engine.types import Completion, CompletionRequest
 
@@ -93,7 +94,7 @@ class Result:
 class Engine:
     def __init__(self, config: EngineConfig, *, backend_wrapper: BackendWrapper | None = None,
                  eval_gate: EvalGate | None = None):
-        self.config = config
+        self._config = config
         limits = config.limits
         self.renderer = PromptRenderer(
             config.path(config.prompts_dir),
@@ -114,7 +115,9 @@ class Engine:
         self._secret = (secret or secrets.token_hex(32)).encode()
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
-        self.overrides = Overrides(config, self.registry, self.renderer, self.store,
+        #: Failed store connects (a connected store counts its own failures).
+        self._store_connect_failures = 0
+        self._overrides = Overrides(config, self.registry, self.renderer, self.store,
                                    refresh_s=config.override_refresh_s, eval_gate=eval_gate)
 
     @classmethod
@@ -130,7 +133,11 @@ class Engine:
                 if self._store is None:
                     from featurelm.engine.store import Store
 
-                    self._store = await Store.connect(self._store_url())
+                    try:
+                        self._store = await Store.connect(self._store_url())
+                    except Exception:
+                        self._store_connect_failures += 1
+                        raise
         return self._store
 
     def _store_url(self) -> str:
@@ -165,6 +172,69 @@ class Engine:
             if self._store is not None:
                 store, self._store = self._store, None
                 await store.aclose()
+
+    async def __aenter__(self) -> Engine:
+        """`async with Engine.from_config(...) as engine:` starts it and closes what it holds
+        (backend connections, the cache client, the store) on the way out."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- Extension points for serving, evals and the command line (docs/python.md) -----------
+    # What code outside the engine may read or call, so the attributes behind them can change.
+
+    @property
+    def config(self) -> EngineConfig:
+        """The loaded featurelm.yaml (read-only: the engine was built from it)."""
+        return self._config
+
+    @property
+    def overrides(self) -> Overrides:
+        """Tenant overrides: apply, list, activate, roll back, diff (the admin API and CLI)."""
+        return self._overrides
+
+    def set_eval_gate(self, gate: EvalGate | None) -> None:
+        """Gate override activations (`run_evals`) on the feature's eval cases; the engine
+        cannot import the evals, so whoever composes the program supplies the gate."""
+        self._overrides.eval_gate = gate
+
+    def feature_names(self) -> list[str]:
+        """The base features' names, sorted."""
+        return self.registry.names()
+
+    def features(self) -> list[LoadedFeature]:
+        """The base features (no tenant override), sorted by name."""
+        return self.registry.all()
+
+    def feature(self, name: str) -> LoadedFeature | None:
+        """The base feature `name`, or None; `resolve` gives a tenant's view of it."""
+        return self.registry.get(name)
+
+    def build_feature(self, spec: Mapping[str, Any], *, source: str) -> LoadedFeature:
+        """A feature defined in code rather than in features/ (the eval judge), checked like
+        a feature file and rendered by this engine; run it with `run_feature`."""
+        return build_feature(spec, source=source, config=self._config, renderer=self.renderer)
+
+    def unavailable_routes(self) -> list[str]:
+        """Routes whose every backend has an open circuit breaker: they cannot answer now."""
+        dispatcher = self.dispatcher
+        return [route for route, rc in dispatcher.routes.items()
+                if all(dispatcher.breakers[b].state is BreakerState.OPEN for b in rc.backends)]
+
+    def stats(self) -> EngineStats:
+        """Cache and store counters since start, degradation included (for /metrics)."""
+        cache = self.cache.stats
+        store = self._store
+        return EngineStats(
+            cache_hits=cache.hits, cache_misses=cache.misses, cache_stores=cache.stores,
+            cache_coalesced=cache.coalesced, cache_failures=self.cache.failures,
+            store_failures=self._store_connect_failures + (store.failures if store else 0))
 
     def on_call(self, listener: Callable[[CallRecord], None]) -> None:
         """Be told of every backend call (usage, cost, attempts), labelled with feature and

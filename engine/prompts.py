@@ -5,8 +5,11 @@ Templates come from operators and, through overrides, from tenants, so they are 
   object-leaking globals (`lipsum`, `cycler`, `joiner`) removed, and only a curated filter set;
 - before use, a static check refuses any private attribute access, unknown variables and
   oversized templates, so an escape attempt is refused when saved, not when served;
-- rendering runs under a deadline and an output cap, and operators that could allocate
-  huge strings or numbers (`*`, `**`, `%`, `replace`, widths) are bounded up front;
+- rendering runs under a deadline and an output cap, and under a memory budget as real as
+  the deadline: every operation that can build a large string or list (`*`, `+`, `~`, `**`,
+  string methods such as `ljust`/`center`/`replace`/`join`, filters such as `join`/`indent`/
+  `wordwrap`) is sized before it runs and charged to the render's budget, so a template can
+  neither allocate past it in one step nor a step at a time;
 - a `budget()` shares one deadline across many renders (a whole conversation, every example
   of an override check), so a template just under the per-render deadline cannot multiply it.
 Input values are passed as data in the render context; they are never compiled as source.
@@ -15,6 +18,7 @@ Input values are passed as data in the render context; they are never compiled a
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import math
 import os
@@ -35,6 +39,7 @@ from jinja2 import (
     meta,
     nodes,
 )
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -60,6 +65,10 @@ BLOCKED_NAMES = frozenset({"self"})
 _budget_deadline: ContextVar[float | None] = ContextVar("render_budget_deadline", default=None)
 
 
+#: Characters (or list items) the render in progress has allocated so far, and its budget.
+_allocated: ContextVar[list[int] | None] = ContextVar("render_allocated", default=None)
+
+
 class TemplateRefused(Exception):
     """A template failed a static check, exceeded a budget, or hit the sandbox."""
 
@@ -69,14 +78,106 @@ class RenderLimits:
     max_template_chars: int = 20_000
     max_rendered_chars: int = 100_000
     timeout_s: float = 1.0
+    #: Characters (and list items) one render may build, all intermediate values together.
+    memory_chars: int = 10_000_000
+
+
+def _size(value: Any) -> int:
+    """Characters of a value as a template sees it, without building its string form when
+    that could be large (a container counts one per item plus its string items)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return len(value) + sum(len(v) for v in value if isinstance(v, str))
+    return 16
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` to a call the environment sizes, like every other operator."""
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+#: String methods whose result is larger than their input, and how large it will be.
+def _str_method_size(text: str, name: str, args: tuple[Any, ...],
+                     kwargs: Mapping[str, Any]) -> int | None:
+    """The result size of `text.name(*args)` before it runs; None if no more than `text`."""
+    def arg(i: int, key: str, default: Any) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    if name in ("ljust", "rjust", "center", "zfill"):
+        width = arg(0, "width", 0)
+        return max(len(text), width if isinstance(width, int) else 0)
+    if name == "expandtabs":
+        tabsize = arg(0, "tabsize", 8)
+        return len(text) + text.count("\t") * max(tabsize if isinstance(tabsize, int) else 0, 0)
+    if name == "replace":
+        old, new = arg(0, "old", ""), arg(1, "new", "")
+        if not isinstance(old, str) or not isinstance(new, str):
+            return len(text)
+        hits = len(text) + 1 if old == "" else text.count(old)
+        count = arg(2, "count", -1)
+        if isinstance(count, int) and count >= 0:
+            hits = min(hits, count)
+        return len(text) + hits * max(len(new) - len(old), 0)
+    if name == "encode":
+        return 4 * len(text)
+    return None
+
+
+#: String methods refused outright: their result size depends on a table a template builds.
+REFUSED_STR_METHODS = frozenset({"translate", "maketrans"})
+
+
+def charge(size: int, what: str) -> None:
+    """Count `size` characters against the render's memory budget; refuse past it. Outside a
+    render (constant folding at compile time) the per-value bound alone applies."""
+    allocated = _allocated.get()
+    budget = allocated[1] if allocated is not None else RenderLimits.memory_chars
+    total = size + (allocated[0] if allocated is not None else 0)
+    if size > budget or total > budget:
+        raise SecurityError(f"{what} would exceed the template memory budget of {budget} "
+                            "characters")
+    if allocated is not None:
+        allocated[0] = total
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, limits: RenderLimits, **kwargs: Any):
         super().__init__(**kwargs)
         self.limits = limits
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        """`a ~ b ~ ...`, sized first: repeated doubling is refused before it allocates."""
+        charge(sum(_size(p) if isinstance(p, str) else len(str(p)) for p in parts), "'~'")
+        return "".join(str(p) for p in parts)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any,
+             **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str) and callable(__obj):
+            if name in REFUSED_STR_METHODS:
+                raise SecurityError(f"str.{name} is not allowed in templates")
+            if name == "join":
+                # Materialized once, to size it; the sandbox's range() bounds its length.
+                items = list(args[0]) if args else []
+                charge(len(items) + sum(_size(i) for i in items)
+                       + max(len(items) - 1, 0) * len(owner), "str.join")
+                args = (items, *args[1:])
+            else:
+                size = _str_method_size(owner, name, args, kwargs)
+                charge(len(owner) if size is None else size, f"str.{name}")
+        return super().call(__context, __obj, *args, **kwargs)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if attr in BLOCKED_ATTRIBUTES:
@@ -87,9 +188,13 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         cap = self.limits.max_rendered_chars
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) \
-                        and len(seq) * max(times, 0) > cap:
-                    raise SecurityError("repetition would exceed the rendered-size limit")
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    if len(seq) * max(times, 0) > cap:
+                        raise SecurityError("repetition would exceed the rendered-size limit")
+                    charge(_size(seq) * max(times, 0), "'*'")
+        elif operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                charge(_size(left) + _size(right), "'+'")
         elif operator == "**":
             if isinstance(right, int | float) and (abs(right) > 64 or (
                     isinstance(left, int | float) and abs(left) > 2**32)):
@@ -117,20 +222,39 @@ def _make_environment(prompts_dir: Path | None, limits: RenderLimits) -> _Bounde
     )
     env.globals = {k: v for k, v in env.globals.items() if k in ALLOWED_GLOBALS}
     filters = {k: v for k, v in env.filters.items() if k in ALLOWED_FILTERS}
-    cap = limits.max_rendered_chars
     width = _bounded_width(1000, "width")
     original = dict(filters)
 
     def replace(s: Any, old: str, new: str, count: int | None = None) -> Any:
         text = str(s)
-        hits = (len(text) + 1) if old == "" else text.count(str(old))
-        if len(text) + hits * max(len(str(new)) - len(str(old)), 0) > cap:
-            raise SecurityError("replace would exceed the rendered-size limit")
+        size = _str_method_size(text, "replace", (str(old), str(new),
+                                                  -1 if count is None else count), {})
+        charge(size or len(text), "replace")
         return text.replace(str(old), str(new), -1 if count is None else count)
+
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        items = list(value)  # materialized once, to size it (a string joins its characters)
+        charge(len(items) + sum(len(str(i)) if not isinstance(i, list | tuple) else _size(i)
+                                for i in items) + max(len(items) - 1, 0) * len(str(d)),
+               "join")
+        return original["join"](eval_ctx, items, d, attribute)
+
+    def sized_lines(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        # indent and wordwrap add up to `width`/`wrapstring` per line of their input.
+        @functools.wraps(inner)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            text = args[1] if name == "wordwrap" else args[0]
+            text = str(text)
+            extra = max((len(str(v)) if isinstance(v, str) else v if isinstance(v, int) else 0)
+                        for v in (*args[2 if name == "wordwrap" else 1:], *kwargs.values(), 0))
+            charge(len(text) + (text.count("\n") + 1 + len(text) // 8) * extra, name)
+            return inner(*args, **kwargs)
+        return call
 
     def widthed(name: str) -> Callable[..., Any]:
         inner = original[name]
 
+        @functools.wraps(inner)  # keeps jinja_pass_arg (wordwrap takes the environment)
         def call(*args: Any, **kwargs: Any) -> Any:
             for value in (*args[1:], *kwargs.values()):
                 width(value)
@@ -140,6 +264,9 @@ def _make_environment(prompts_dir: Path | None, limits: RenderLimits) -> _Bounde
     filters["replace"] = replace
     for name in ("center", "indent", "wordwrap", "batch", "slice", "truncate"):
         filters[name] = widthed(name)
+    for name in ("indent", "wordwrap"):
+        filters[name] = sized_lines(name, filters[name])
+    filters["join"] = functools.wraps(original["join"])(join)
     env.filters = filters
     return env
 
@@ -353,6 +480,13 @@ class PromptRenderer:
             timeout = min(timeout, remaining)
 
         def produce() -> str:
+            budget = _allocated.set([0, self.limits.memory_chars])
+            try:
+                return collect()
+            finally:
+                _allocated.reset(budget)
+
+        def collect() -> str:
             parts: list[str] = []
             size = 0
             for chunk in template.render_fn(context):
@@ -371,6 +505,8 @@ class PromptRenderer:
             raise
         except SecurityError as exc:
             raise TemplateRefused(f"refused by the sandbox: {exc}") from None
-        except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError,
-                MemoryError) as exc:
-            raise TemplateRefused(f"rendering failed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            # Whatever a template makes Python raise (LookupError from an unknown codec, ...)
+            # is the template's fault, reported as such: never an unhandled error.
+            raise TemplateRefused(f"rendering failed: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}") from None

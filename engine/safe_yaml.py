@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from featurelm.engine.errors import ContractError, ContractIssue
 
 MAX_DEPTH = 64
@@ -43,6 +42,25 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    # Which of two values for one key wins differs between parsers; JSON bodies refuse
+    # duplicates too, so a file means one thing wherever it is read.
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue  # an unhashable key: the constructor below refuses it
+        if duplicate:
+            raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+    return loader.construct_mapping(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:map", _refuse_duplicate_keys)
 
 
 def load_yaml_text(text: str, *, source: str, max_bytes: int) -> Any:

@@ -263,6 +263,8 @@ class Store:
     def __init__(self, engine: AsyncEngine, shown_url: str):
         self._engine = engine
         self._shown_url = shown_url
+        #: Operations that failed to reach the database (exported as a metric).
+        self.failures = 0
 
     @classmethod
     async def connect(cls, url: str) -> Store:
@@ -303,6 +305,7 @@ class Store:
                              status=409) from None
         except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
             cause = type(getattr(exc, "orig", None) or exc).__name__
+            self.failures += 1
             log.warning("store %s failed: %s", self._shown_url, cause)
             raise StoreUnavailable(f"the tenant store at {self._shown_url} failed ({cause})"
                                    ) from exc

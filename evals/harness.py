@@ -12,7 +12,7 @@ from typing import Any
 
 from featurelm.engine import Engine, RunOptions
 from featurelm.engine.errors import NotFoundError
-from featurelm.engine.loader import LoadedFeature, build_feature
+from featurelm.engine.loader import LoadedFeature
 from featurelm.evals.assertions import Verdict
 from featurelm.evals.dataset import find_dataset
 from featurelm.evals.runner import FeatureTarget, Invocation
@@ -24,7 +24,7 @@ DATASETS_DIR = Path("evals/datasets")
 async def targets(engine: Engine, names: list[str] | None,
                   tenant: str | None) -> list[FeatureTarget]:
     """The features to evaluate, as `tenant` sees them: those named, or all with a dataset."""
-    known = engine.registry.names()
+    known = engine.feature_names()
     if names:
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -37,7 +37,7 @@ async def targets(engine: Engine, names: list[str] | None,
 def missing_datasets(engine: Engine) -> list[tuple[str, Path]]:
     """(feature, path) for each feature file naming an eval dataset that is not there."""
     missing = []
-    for feature in engine.registry.all():
+    for feature in engine.features():
         named = feature.spec.evals.dataset
         if named and not engine.config.path(Path(named)).is_file():
             missing.append((feature.name, engine.config.path(Path(named))))
@@ -121,9 +121,7 @@ class EngineJudge:
                 "model": {"route": route, "temperature": 0.0, "max_output_tokens": 300},
             }
             # Rubric, input and output are template data, never template source.
-            self._features[route] = build_feature(spec, source="<eval judge>",
-                                                  config=self.engine.config,
-                                                  renderer=self.engine.renderer)
+            self._features[route] = self.engine.build_feature(spec, source="<eval judge>")
         return self._features[route]
 
     async def grade(self, *, rubric: str, route: str, feature: str, case_id: str,

@@ -21,11 +21,13 @@ from featurelm.engine import (
     Result,
     RunOptions,
 )
+from featurelm.engine.stats import EngineStats
 
 __all__ = [
     "BackendError",
     "ContractError",
     "Engine",
+    "EngineStats",
     "FeaturelmError",
     "InputError",
     "Meta",

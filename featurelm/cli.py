@@ -60,7 +60,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from featurelm.engine.engine import Engine
 
     engine = Engine.from_config(args.config)
-    names = engine.registry.names()
+    names = engine.feature_names()
     print(f"ok: {len(names)} feature(s): {', '.join(names)}")
     # Eval datasets are for `featurelm eval`, not for serving: a missing one is only a warning.
     from featurelm.evals.harness import missing_datasets
@@ -123,7 +123,7 @@ async def _override(args: argparse.Namespace) -> int:
     if getattr(args, "evals", False):
         from featurelm.evals.gate import make_eval_gate
 
-        engine.overrides.eval_gate = make_eval_gate(engine)
+        engine.set_eval_gate(make_eval_gate(engine))
     overrides = engine.overrides
     try:
         if args.override_command == "apply":
@@ -173,7 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def with_eval_gate(engine: Engine) -> None:
         # The admin API's `run_evals=true` gates an override on the feature's eval cases.
-        engine.overrides.eval_gate = make_eval_gate(engine)
+        engine.set_eval_gate(make_eval_gate(engine))
 
     return serve(config=args.config, host=args.host, port=args.port, prepare=with_eval_gate)
 

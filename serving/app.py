@@ -15,7 +15,7 @@ from featurelm.serving.idempotency import Idempotency
 from featurelm.serving.kv import kv_for
 from featurelm.serving.limits import BodyLimitMiddleware, Limiter
 from featurelm.serving.logs import RequestContextMiddleware
-from featurelm.serving.metrics import Metrics
+from featurelm.serving.metrics import EngineCollector, Metrics
 from featurelm.serving.openapi import install as install_openapi
 from featurelm.serving.state import Lifecycle, Services
 
@@ -28,6 +28,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
     kv = kv_for(config.cache)
     metrics = Metrics(config.routes)
     engine.on_call(metrics.on_call)
+    metrics.registry.register(EngineCollector(engine.stats))
     svc = Services(engine=engine, kv=kv, limiter=Limiter(kv, config.http),
                    idempotency=Idempotency(kv, config.http.idempotency_ttl_s), metrics=metrics,
                    lifecycle=lifecycle or Lifecycle())
@@ -54,7 +55,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
     app.include_router(features.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
-    install_openapi(app, engine.registry.all(), config.http.batch_max_items)
+    install_openapi(app, engine.features(), config.http.batch_max_items)
     # Innermost first. Feature calls are answered ahead of FastAPI's router; the request id
     # (outermost) covers them and the body-limit refusals too.
     app.add_middleware(features.FeatureCalls, svc=svc)

@@ -237,7 +237,7 @@ class FeatureCalls:
         if not name or rest not in ("", "batch") or (scope["method"] != "POST" and not rest):
             await self.app(scope, receive, send)
             return
-        known = self.svc.engine.registry.get(name) is not None
+        known = self.svc.engine.feature(name) is not None
         scope[ROUTE] = PREFIX + (name if known else "{name}") + ("/batch" if rest else "")
         if scope["method"] != "POST":
             await problems.problem(405, "Method Not Allowed", "method-not-allowed",
@@ -262,13 +262,13 @@ class FeatureCalls:
 async def list_features(request: Request, caller: CallerDep) -> FeatureList:
     return FeatureList(features=[
         FeatureSummary(name=f.name, version=f.spec.version, description=f.spec.description)
-        for f in services(request).engine.registry.all()])
+        for f in services(request).engine.features()])
 
 
 @router.get("/v1/features/{name}", response_model=FeatureContract,
             responses=problems.responses(401, 404))
 async def get_feature(name: str, request: Request, caller: CallerDep) -> FeatureContract:
-    feature = services(request).engine.registry.get(name)
+    feature = services(request).engine.feature(name)
     if feature is None:
         raise NotFoundError(f"unknown feature {name!r}")
     spec = feature.spec

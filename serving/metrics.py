@@ -1,16 +1,19 @@
 """Prometheus metrics: HTTP latency, per feature/backend latency, cache, validation, retries,
-fallbacks, and tokens and cost per tenant and feature (one registry per app, no globals)."""
+fallbacks, tokens and cost per tenant and feature, and the engine's degradation counters (cache
+and tenant store failures); one registry per app, no globals."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from featurelm.engine.config import RouteConfig
 from featurelm.engine.dispatch import CallRecord
 from featurelm.engine.engine import Meta
+from featurelm.engine.stats import EngineStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -84,3 +87,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class EngineCollector:
+    """The engine's own counters (`Engine.stats`), read at each scrape. A failing cache or
+    store is served around, so calls succeed and these counters are the only sign of it."""
+
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.stats()
+        lookups = CounterMetricFamily(
+            "featurelm_cache_lookups", "Result cache lookups, engine-wide.", labels=["result"])
+        lookups.add_metric(["hit"], s.cache_hits)
+        lookups.add_metric(["miss"], s.cache_misses)
+        stores = CounterMetricFamily(
+            "featurelm_cache_stores", "Valid results saved to the result cache (a failing "
+            "cache drops them and counts a failure).", s.cache_stores)
+        coalesced = CounterMetricFamily(
+            "featurelm_cache_coalesced", "Calls answered by an identical call in flight, on "
+            "this replica or another.", s.cache_coalesced)
+        cache_failures = CounterMetricFamily(
+            "featurelm_cache_failures", "Result cache operations that failed (Redis down or "
+            "slow); the calls went on without the cache.", s.cache_failures)
+        store_failures = CounterMetricFamily(
+            "featurelm_store_failures", "Tenant store operations (connects included) that "
+            "failed.", s.store_failures)
+        return [lookups, stores, coalesced, cache_failures, store_failures]

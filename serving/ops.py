@@ -8,7 +8,6 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from featurelm.engine.dispatch import BreakerState
 from featurelm.serving import metrics, problems
 from featurelm.serving.auth import CallerDep
 from featurelm.serving.models import Health, Readiness
@@ -38,9 +37,7 @@ async def _check(name: str, probe: asyncio.Future[None] | asyncio.Task[None]) ->
 
 def _backends(svc: Services) -> str:
     # A route whose every backend has an open breaker cannot answer anything.
-    dispatcher = svc.engine.dispatcher
-    dead = [route for route, rc in dispatcher.routes.items()
-            if all(dispatcher.breakers[b].state is BreakerState.OPEN for b in rc.backends)]
+    dead = svc.engine.unavailable_routes()
     return f"circuit open on route(s): {', '.join(dead)}" if dead else "ok"
 
 
