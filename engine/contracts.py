@@ -101,6 +101,11 @@ class CachePolicy(Strict):
 class EvalPolicy(Strict):
     dataset: str | None = Field(None, description="Dataset path, relative to the repo root.")
     threshold: float = Field(0.8, ge=0.0, le=1.0, description="Minimum pass rate.")
+    replay_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Minimum pass rate when recording or replaying cassettes (the CI gate), "
+                    "where the recorded model may be far weaker than production's; default: "
+                    "threshold.")
 
 
 class FeatureSpec(Strict):

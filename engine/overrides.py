@@ -97,6 +97,17 @@ class Overrides:
         #: cached (it would otherwise serve the old version until the next generation change).
         self._epoch = 0
         self._lock = asyncio.Lock()
+        #: Tenants seen in the store; none is ever deleted, so a hit never goes stale.
+        self._tenants: set[str] = set()
+
+    async def require_tenant(self, tenant: str) -> None:
+        """Raise NotFoundError unless `tenant` exists in the tenant store."""
+        if tenant in self._tenants:
+            return
+        if await (await self._store()).get_tenant(tenant) is None:
+            raise NotFoundError(f"unknown tenant {tenant!r} (create it with "
+                                f"`featurelm tenant create {tenant}`)")
+        self._tenants.add(tenant)
 
     def _base(self, feature: str) -> LoadedFeature:
         base = self.registry.get(feature)
@@ -272,7 +283,11 @@ class Overrides:
     async def resolve(self, feature: str, tenant: str | None) -> LoadedFeature:
         """The feature as `tenant` sees it: the base feature with its active override merged."""
         base = self._base(feature)
-        if tenant is None or not base.spec.overridable:
+        if tenant is None:
+            return base
+        # A mistyped tenant must not quietly run the base feature.
+        await self.require_tenant(tenant)
+        if not base.spec.overridable:
             return base
         store = await self._store()
         await self._refresh(store)

@@ -1,8 +1,10 @@
 """Cassettes: recorded backend exchanges, one JSON file per feature, keyed by a request hash.
 
-The key covers what decides a model's answer (backend, model, messages, output schema, decoding
+The key covers what a request means to the model (model, messages, output schema, decoding
 parameters) and nothing that varies between identical calls (per-tenant cache salt, labels,
-timeout). What is stored is scrubbed of anything that looks like a credential.
+timeout) or that only says how it is sent (the backend's name in featurelm.yaml, the dialect a
+backend uses to constrain decoding). What is stored is scrubbed of anything that looks like a
+credential.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ _SECRET_PATTERNS = [
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def request_key(backend: str, model: str, request: CompletionRequest) -> str:
-    """Canonical hash of what decides the answer to `request`."""
+def request_key(model: str, request: CompletionRequest) -> str:
+    """Canonical hash of what decides the answer to `request`.
+
+    Renaming a backend, or changing how a backend turns the schema into a decoding constraint,
+    keeps the recordings; a different model, prompt, schema or decoding setting does not.
+    """
     material = {
-        "backend": backend,
         "model": model,
         "messages": [[m.role, m.content] for m in request.messages],
         "output_schema": request.output_schema,
-        "temperature": request.temperature,
-        "max_tokens": request.max_tokens,
+        # 0 and 0.0 are the same setting; JSON would spell them differently.
+        "temperature": float(request.temperature),
+        "max_tokens": int(request.max_tokens),
         "params": dict(request.params),
     }
     text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -113,7 +119,7 @@ class CassetteStore:
     def record(self, backend: str, model: str, request: CompletionRequest,
                completion: Completion) -> None:
         name = self.file_for(request.labels)
-        key = request_key(backend, model, request)
+        key = request_key(model, request)
         with self._lock:
             exchanges = self._cassette(name)["exchanges"]
             entry = exchanges.setdefault(key, {"case": scrub(request.labels.get("case")),
@@ -126,7 +132,7 @@ class CassetteStore:
     def lookup(self, backend: str, model: str, request: CompletionRequest) -> Completion | None:
         """The next recorded reply to this request, or None when it was never recorded."""
         name = self.file_for(request.labels)
-        key = request_key(backend, model, request)
+        key = request_key(model, request)
         with self._lock:
             entry = self._cassette(name)["exchanges"].get(key)
             if entry is None or not entry["replies"]:

@@ -2,7 +2,8 @@
 
 `featurelm.evals.arguments` fills the subcommand's parser and `run` executes it; both are what
 the main `featurelm` command line calls. Exit codes: 0 all features meet their thresholds, 1 some do
-not (or a replay met an unrecorded request, or a comparison regressed), 2 usage or config error.
+not (or a replay met an unrecorded request or a case that passed in the recorded baseline fails,
+or a comparison regressed), 2 usage or config error (unknown feature, tenant or route).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from featurelm.engine.errors import ContractError, FeaturelmError
+from featurelm.evals.baseline import baseline_path, regressions, write_baseline
 from featurelm.evals.cassettes import CassetteStore
 from featurelm.evals.compare import compare, render_markdown
 from featurelm.evals.progress import TerminalProgress
@@ -30,7 +32,8 @@ async def run(args: argparse.Namespace) -> int:
             return await _compare(args)
         session = _Session(args)
         suite = await session.suite(tenant=args.tenant, route=args.route)
-        session.finish()
+        session.finish(suite)
+        session.gate(suite)
         _print_problems(suite)
         if args.report:
             _write(args.report, suite)
@@ -62,7 +65,8 @@ class _Session:
             self.store = CassetteStore(self.args.replay)
 
     async def suite(self, *, tenant: str | None, route: str | None,
-                    label: str = "eval") -> SuiteResult:
+                    label: str | None = None) -> SuiteResult:
+        """Run the suite; `label` names the run (a side of --compare) on every output line."""
         from featurelm.engine import Engine
         from featurelm.evals.assertions import Services
         from featurelm.evals.harness import EngineInvoker, EngineJudge, targets
@@ -79,9 +83,14 @@ class _Session:
         engine = Engine.from_config(getattr(self.args, "config", None), backend_wrapper=wrapper)
         started = time.monotonic()
         misses_before = len(self.misses)
-        progress = TerminalProgress(label)
+        progress = TerminalProgress(label or "eval", tag=label)
         try:
-            chosen = await targets(engine, self.args.features, tenant)
+            # Every case would fail on a misnamed route or tenant: a usage error, not a result.
+            if route is not None and route not in engine.config.routes:
+                raise ValueError(f"--route {route}: no such route in {engine.config.root} "
+                                 f"(routes: {', '.join(sorted(engine.config.routes))})")
+            chosen = await targets(engine, self.args.features, tenant,
+                                   recorded=self.store is not None)
             features = await run_suite(
                 chosen, EngineInvoker(engine, tenant=tenant, route=route),
                 services=Services(embedder=LazyEmbedder(), judge=EngineJudge(engine)),
@@ -100,19 +109,38 @@ class _Session:
             "backends": {name: {"kind": b.kind, "model": b.model}
                          for name, b in engine.config.backends.items()},
         }
-        problems = [f"replay: {miss}" for miss in self.misses[misses_before:]]
+        problems = [f"replay: {miss}: its prompt, schema or model settings changed since "
+                    f"{self.args.replay} was recorded; record it again with `make eval-record` "
+                    "and commit the cassettes" for miss in self.misses[misses_before:]]
         if not chosen:
             problems.append("no feature has an eval dataset; nothing was evaluated")
         return SuiteResult(features=features, meta=meta, problems=_unique(problems))
 
-    def finish(self) -> None:
+    def finish(self, suite: SuiteResult | None = None) -> None:
+        """Save what a recording run recorded: the cassettes and, for `suite`, the baseline."""
         if self.args.record and self.store is not None:
             for path in self.store.save():
                 print(f"recorded {path}", file=sys.stderr)
+            if suite is not None and suite.features:
+                path = write_baseline(self.args.record, suite)
+                print(f"recorded {path}", file=sys.stderr)
+
+    def gate(self, suite: SuiteResult) -> None:
+        """In replay, fail every case that passed when the cassettes were recorded."""
+        if not self.args.replay:
+            return
+        path = baseline_path(self.args.replay)
+        if not path.is_file():
+            return
+        missed = {(m.feature, m.case) for m in self.misses}
+        suite.problems.extend(regressions(load_report(path), suite, source=path, skip=missed))
 
 
 async def _compare(args: argparse.Namespace) -> int:
     session = _Session(args)
+    # Both sides are checked before either runs: a typo in B must not cost A's whole run.
+    await _require_tenants(args, [spec.partition(":")[2] for spec in args.compare
+                                  if spec.startswith("tenant:")])
     suites = []
     for label, spec in zip("ab", args.compare, strict=True):
         suite = await _resolve(session, spec, label)
@@ -123,8 +151,8 @@ async def _compare(args: argparse.Namespace) -> int:
     comparison = compare(suites[0], suites[1], label_a=args.compare[0], label_b=args.compare[1])
     text = render_markdown(comparison)
     print(text)
-    for suite in suites:
-        _print_problems(suite)
+    for label, spec, suite in zip("ab", args.compare, suites, strict=True):
+        _print_problems(suite, tag=f"{label}: {spec}")
     if args.report:
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "comparison.md").write_text(text, encoding="utf-8")
@@ -133,6 +161,19 @@ async def _compare(args: argparse.Namespace) -> int:
             encoding="utf-8")
     ok = comparison.passed and not any(s.problems for s in suites)
     return 0 if ok else 1
+
+
+async def _require_tenants(args: argparse.Namespace, tenants: list[str]) -> None:
+    if not tenants:
+        return
+    from featurelm.engine import Engine
+
+    engine = Engine.from_config(getattr(args, "config", None))
+    try:
+        for tenant in tenants:
+            await engine.overrides.require_tenant(tenant)
+    finally:
+        await engine.aclose()
 
 
 async def _resolve(session: _Session, spec: str, label: str) -> SuiteResult:
@@ -164,9 +205,10 @@ def _write(directory: Path, suite: SuiteResult) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
-def _print_problems(suite: SuiteResult) -> None:
+def _print_problems(suite: SuiteResult, *, tag: str | None = None) -> None:
+    prefix = f"[{tag}] " if tag else ""
     for problem in suite.problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {prefix}{problem}", file=sys.stderr)
 
 
 def _unique(items: list[str]) -> list[str]:

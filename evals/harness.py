@@ -11,26 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from featurelm.engine import Engine, RunOptions
-from featurelm.engine.errors import NotFoundError
+from featurelm.engine.dispatch.dispatcher import CallRecord
+from featurelm.engine.errors import FeaturelmError, NotFoundError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.evals.assertions import Verdict
 from featurelm.evals.dataset import find_dataset
-from featurelm.evals.runner import FeatureTarget, Invocation
+from featurelm.evals.runner import CallFailed, FeatureTarget, Invocation
 
 #: Where datasets are looked for when a feature file does not name one (relative to the root).
 DATASETS_DIR = Path("evals/datasets")
 
 
-async def targets(engine: Engine, names: list[str] | None,
-                  tenant: str | None) -> list[FeatureTarget]:
-    """The features to evaluate, as `tenant` sees them: those named, or all with a dataset."""
+async def targets(engine: Engine, names: list[str] | None, tenant: str | None, *,
+                  recorded: bool = False) -> list[FeatureTarget]:
+    """The features to evaluate, as `tenant` sees them: those named, or all with a dataset.
+
+    `recorded` runs (record, replay) are held to each feature's `evals.replay_threshold`."""
     known = engine.feature_names()
     if names:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise NotFoundError(f"unknown feature(s): {', '.join(unknown)} "
                                 f"(known: {', '.join(known) or 'none'})")
-    chosen = [target_for(engine, await engine.resolve(n, tenant)) for n in names or known]
+    chosen = [target_for(engine, await engine.resolve(n, tenant), recorded=recorded)
+              for n in names or known]
     return chosen if names else [t for t in chosen if t.dataset is not None]
 
 
@@ -44,30 +48,55 @@ def missing_datasets(engine: Engine) -> list[tuple[str, Path]]:
     return missing
 
 
-def target_for(engine: Engine, feature: LoadedFeature) -> FeatureTarget:
+def target_for(engine: Engine, feature: LoadedFeature, *,
+               recorded: bool = False) -> FeatureTarget:
     policy = feature.spec.evals
+    threshold = policy.threshold
+    if recorded and policy.replay_threshold is not None:
+        threshold = policy.replay_threshold
     if policy.dataset:
         dataset: Path | None = engine.config.path(Path(policy.dataset))
     else:
         dataset = find_dataset(engine.config.path(DATASETS_DIR), feature.name)
-    return FeatureTarget(name=feature.name, threshold=policy.threshold,
+    return FeatureTarget(name=feature.name, threshold=threshold,
                          output_schema=feature.spec.output, dataset=dataset,
                          version=feature.spec.version)
 
 
 class EngineInvoker:
-    """Calls features through the engine as one tenant, on one route, without the cache."""
+    """Calls features through the engine as one tenant, on one route, without the cache.
+
+    A failed call still cost what its backend calls cost: the engine reports every backend call
+    (labelled with feature and case), and a failure is raised as CallFailed with that sum."""
 
     def __init__(self, engine: Engine, *, tenant: str | None = None, route: str | None = None):
         self.engine = engine
         self.tenant = tenant
         self.route = route
+        self._spent: dict[tuple[str, str], float] = {}
+        engine.on_call(self._count)
+
+    def _count(self, record: CallRecord) -> None:
+        labels = record.labels
+        if labels.get("purpose") == "judge":
+            return
+        key = (labels.get("feature", ""), labels.get("case", ""))
+        if key in self._spent:
+            self._spent[key] += record.cost_usd
 
     async def __call__(self, feature: str, input: dict[str, Any], *,
                        case_id: str) -> Invocation:
         options = RunOptions(route=self.route, cache_read=False, cache_write=False,
                              coalesce=False, labels={"case": case_id, "feature": feature})
-        result = await self.engine.run(feature, input, tenant=self.tenant, options=options)
+        # A case's repeats run one after another, so one counter per case is enough.
+        key = (feature, case_id)
+        self._spent[key] = 0.0
+        try:
+            result = await self.engine.run(feature, input, tenant=self.tenant, options=options)
+        except FeaturelmError as exc:
+            raise CallFailed(exc, round(self._spent.get(key, 0.0), 8)) from exc
+        finally:
+            self._spent.pop(key, None)
         return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
                           cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
 

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 
 class TerminalProgress:
     def __init__(self, label: str = "eval", *, out: TextIO | None = None,
-                 err: TextIO | None = None):
+                 err: TextIO | None = None, tag: str | None = None):
         self.label = label
+        #: Put before each summary line, so two runs compared side by side read apart.
+        self.tag = tag
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.bar: tqdm[None] | None = None
@@ -37,6 +39,8 @@ class TerminalProgress:
 
     def feature_done(self, result: FeatureResult) -> None:
         line = result.summary_line()
+        if self.tag:
+            line = f"[{self.tag}] {line}"
         if self.bar is not None and not self.bar.disable:
             self.bar.write(line, file=self.out)  # clears and redraws the bar around the line
         else:

@@ -30,8 +30,20 @@ class Invocation:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class CallFailed(Exception):
+    """A feature call that failed after spending money: the engine's error and what it cost.
+
+    An invoker that can tell what a failed call cost raises this (from the engine's error), so
+    a case that failed after three paid attempts does not report a free call."""
+
+    def __init__(self, error: FeaturelmError, cost_usd: float):
+        super().__init__(str(error))
+        self.error = error
+        self.cost_usd = cost_usd
+
+
 class Invoker(Protocol):
-    """Calls a feature once; raises the engine's errors when the call fails."""
+    """Calls a feature once; raises the engine's errors (or CallFailed) when the call fails."""
 
     async def __call__(self, feature: str, input: dict[str, Any], *,
                        case_id: str) -> Invocation: ...
@@ -127,6 +139,11 @@ class _Runner:
         started = time.perf_counter()
         try:
             call = await self.invoke(target.name, case.input, case_id=case.id)
+        except CallFailed as failed:
+            exc = failed.error
+            return RunResult(error=str(exc) or type(exc).__name__, error_kind=exc.kind,
+                             cost_usd=failed.cost_usd,
+                             latency_ms=(time.perf_counter() - started) * 1000)
         except FeaturelmError as exc:
             return RunResult(error=str(exc) or type(exc).__name__, error_kind=exc.kind,
                              latency_ms=(time.perf_counter() - started) * 1000)

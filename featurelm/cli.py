@@ -120,6 +120,11 @@ async def _override(args: argparse.Namespace) -> int:
     from featurelm.engine.engine import Engine
 
     engine = Engine.from_config(args.config)
+    if args.override_command in ("check", "schema"):
+        try:
+            return _override_offline(args, engine)
+        finally:
+            await engine.aclose()
     if getattr(args, "evals", False):
         from featurelm.evals.gate import make_eval_gate
 
@@ -163,6 +168,40 @@ async def _override(args: argparse.Namespace) -> int:
             print(await overrides.diff(args.tenant, args.feature, args.v1, args.v2), end="")
     finally:
         await engine.aclose()
+    return 0
+
+
+def _override_offline(args: argparse.Namespace, engine: Any) -> int:
+    """`override check` and `override schema`: no store, no model."""
+    from featurelm.engine.override_check import check_override, feature_of
+    from featurelm.engine.override_schema import override_schema
+    from featurelm.engine.safe_yaml import load_yaml_text
+
+    if args.override_command == "schema":
+        feature = engine.feature(args.feature)
+        if feature is None:
+            raise NotFoundError(f"unknown feature {args.feature!r}")
+        print(json.dumps(override_schema(feature.spec), indent=2, ensure_ascii=False))
+        return 0
+    path = Path(args.file)
+    text = _read_file(path)
+    name = args.feature
+    if name is None:
+        try:
+            data = load_yaml_text(text, source=str(path), max_bytes=1 << 20)
+        except ContractError:
+            data = None
+        name = feature_of(path, data, engine.feature_names())
+    if name is None:
+        raise InputError(f"{path}: cannot tell which feature this override is for: pass "
+                         "--feature NAME, add `name: FEATURE` or name the file FEATURE.yaml")
+    problems = check_override(engine.overrides, name, text, file=str(path))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s) in this override of {name}", file=sys.stderr)
+        return 2
+    print(f"ok: {path} is a valid override of {name}")
     return 0
 
 
@@ -269,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("feature")
     diff.add_argument("v1", type=int)
     diff.add_argument("v2", type=int)
+    check = override_commands.add_parser(
+        "check", parents=[config],
+        help="validate an override file offline; lists every problem with its line")
+    check.add_argument("file")
+    check.add_argument("--feature", help="the feature it overrides (default: the file's "
+                                         "`name:`, or a file name ending in the feature's)")
+    schema = override_commands.add_parser(
+        "schema", parents=[config], help="print the JSON Schema of a feature's override files")
+    schema.add_argument("feature")
     override.set_defaults(handler=lambda a: asyncio.run(_override(a)))
 
     evaluate = commands.add_parser("eval", help="run the offline eval suite")

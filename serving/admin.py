@@ -4,13 +4,15 @@ answers 404, exactly as if that tenant did not exist."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import json
+from typing import TYPE_CHECKING, Annotated, Any
 
+import yaml
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from featurelm.engine.contracts import NAME_PATTERN, TENANT_NAME
-from featurelm.engine.errors import InputError
+from featurelm.engine.errors import InputError, NotFoundError
 from featurelm.serving import problems
 from featurelm.serving.auth import AdminCaller, KeyCaller, check_tenant
 from featurelm.serving.models import (
@@ -76,9 +78,13 @@ async def list_all_versions(tenant: TenantName, request: Request,
     **ERRORS, 201: {"description": "Saved (and active) as a new version",
                     "content": {"application/json": {"schema": {
                         "$ref": "#/components/schemas/ApplyOut"}}}}},
-    openapi_extra={"requestBody": {"required": True, "description": "The override YAML.",
-                                   "content": {"application/yaml": {"schema": {
-                                       "type": "string"}}}}})
+    openapi_extra={"requestBody": {
+        "required": True,
+        "description": "The override: YAML text, or the same mapping as a JSON object (kept "
+                       "as YAML). `GET /v1/features/{name}/override-schema` describes it.",
+        "content": {"application/json": {"schema": {"type": "object",
+                                                    "additionalProperties": True}},
+                    "application/yaml": {"schema": {"type": "string"}}}}})
 async def apply_override(tenant: TenantName, feature: FeatureName, request: Request,
                          caller: KeyCaller, response: Response,
                          dry_run: Annotated[bool, Query(description="Validate and render "
@@ -88,10 +94,7 @@ async def apply_override(tenant: TenantName, feature: FeatureName, request: Requ
                                                                       "cases fail.")]
                          = False) -> ApplyOut:
     check_tenant(caller, tenant)
-    try:
-        text = (await request.body()).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError("the override must be UTF-8 YAML text") from None
+    text = _override_text(await request.body(), request.headers.get("content-type", ""))
     result = await services(request).engine.overrides.apply(
         tenant, feature, text, author=caller.actor, dry_run=dry_run, run_evals=run_evals)
     if not result.dry_run:
@@ -100,6 +103,37 @@ async def apply_override(tenant: TenantName, feature: FeatureName, request: Requ
                     rendered=[[RenderedMessage(**m) for m in messages]
                               for messages in result.rendered],
                     eval_pass_rate=result.eval_pass_rate)
+
+
+@router.get("/v1/features/{feature}/override-schema", responses=problems.responses(401, 404),
+            response_model=dict[str, Any])
+async def override_schema_of(feature: FeatureName, request: Request,
+                             caller: KeyCaller) -> dict[str, Any]:
+    """The JSON Schema of this feature's override files: only its overridable keys."""
+    from featurelm.engine.override_schema import override_schema
+
+    loaded = services(request).engine.feature(feature)
+    if loaded is None:
+        raise NotFoundError(f"unknown feature {feature!r}")
+    return override_schema(loaded.spec)
+
+
+def _override_text(body: bytes, content_type: str) -> str:
+    """The override as YAML text; a JSON object body is stored as the equivalent YAML, so
+    versions read and diff alike however they were uploaded."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the override must be UTF-8 text (YAML or JSON)") from None
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return text
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"the override is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError("a JSON override must be an object, as the YAML one is a mapping")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 @router.get(ONE, response_model=OverrideVersionList, responses=ERRORS)

@@ -1,5 +1,10 @@
 """The OpenAPI 3.1 document: each feature's request and response schemas from its contract,
-under components/schemas and referenced by $ref, so generated clients are typed per feature."""
+under components/schemas and referenced by $ref, so generated clients are typed per feature.
+
+Every schema a client deals in has a name (batch items included), and each operation's 200
+declares only JSON: streaming is an `Accept: text/event-stream` negotiation described in the
+operation's text and its `x-featurelm-streaming` extension, so generators (openapi-python-client,
+openapi-fetch) type the JSON response without a choice of media types to resolve."""
 
 from __future__ import annotations
 
@@ -67,8 +72,6 @@ def feature_components(feature: LoadedFeature,
                        batch_max_items: int) -> dict[str, dict[str, Any]]:
     """Input, Output, Request, Response, BatchRequest and BatchResponse of one feature."""
     n = feature.name
-    item_error = {"type": "object", "required": ["error"], "additionalProperties": False,
-                  "properties": {"error": ref("Problem")}}
     return {
         schema_name(n, "Input"): _contract_schema(feature.spec.input, schema_name(n, "Input")),
         schema_name(n, "Output"): _contract_schema(feature.spec.output,
@@ -85,11 +88,25 @@ def feature_components(feature: LoadedFeature,
                                       "maxItems": batch_max_items,
                                       "items": ref(schema_name(n, "Input"))},
                            "options": ref("RunOptions")}},
+        schema_name(n, "BatchItem"): {
+            "description": "One input's result: its output and meta, or its error.",
+            "oneOf": [ref(schema_name(n, "Response")), ref("BatchItemError")]},
         schema_name(n, "BatchResponse"): {
             "type": "object", "required": ["results"],
-            "properties": {"results": {"type": "array", "items": {
-                "oneOf": [ref(schema_name(n, "Response")), item_error]}}}},
+            "properties": {"results": {"type": "array",
+                                       "items": ref(schema_name(n, "BatchItem"))}}},
     }
+
+
+BATCH_ITEM_ERROR: dict[str, Any] = {
+    "type": "object", "required": ["error"], "additionalProperties": False,
+    "description": "A batch input that failed; the other inputs are unaffected.",
+    "properties": {"error": ref("Problem")}}
+
+STREAMING_NOTE = (
+    "\n\nStreaming: send `Accept: text/event-stream` to receive server-sent events instead "
+    "of the JSON body: `progress`, `delta` (raw model text, not yet validated), then `result` "
+    "(the same object as the JSON response) or `error` (a Problem).")
 
 
 CALL_ERRORS = (401, 404, 409, 413, 422, 429, 502, 503, 504)
@@ -122,17 +139,18 @@ def feature_paths(feature: LoadedFeature) -> dict[str, dict[str, Any]]:
     outside FastAPI's router, so they are described here)."""
     n = feature.name
     call_ok = {
-        "description": "Schema-valid output, or with `Accept: text/event-stream` server-sent "
-                       "events: progress, delta (raw model text), then result (the validated "
-                       "output) or error.",
-        "content": {"application/json": {"schema": ref(schema_name(n, "Response"))},
-                    "text/event-stream": {"schema": {"type": "string"}}}}
+        "description": "Schema-valid output and how it was produced.",
+        "content": {"application/json": {"schema": ref(schema_name(n, "Response"))}}}
     batch_ok = {"description": "One result or error per input, in order.",
                 "content": {"application/json": {"schema": ref(schema_name(n, "BatchResponse"))}}}
+    description = (feature.spec.description + STREAMING_NOTE).strip()
+    call = _operation(f"run_{n}", feature.spec.description.split("\n")[0] or None,
+                      description, schema_name(n, "Request"), call_ok)
+    call["x-featurelm-streaming"] = {
+        "accept": "text/event-stream", "events": ["progress", "delta", "result", "error"],
+        "result": ref(schema_name(n, "Response")), "error": ref("Problem")}
     return {
-        f"/v1/features/{n}": {"post": _operation(
-            f"run_{n}", feature.spec.description.split("\n")[0] or None,
-            feature.spec.description, schema_name(n, "Request"), call_ok)},
+        f"/v1/features/{n}": {"post": call},
         f"/v1/features/{n}/batch": {"post": _operation(
             f"batch_{n}", f"{n} for a list of inputs", "", schema_name(n, "BatchRequest"),
             batch_ok)},
@@ -156,6 +174,7 @@ def build(app: FastAPI, features: list[LoadedFeature], batch_max_items: int) -> 
     spec["paths"] = {**paths, **spec.get("paths", {})}
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = problems.PROBLEM_SCHEMA
+    schemas["BatchItemError"] = BATCH_ITEM_ERROR
     schemas["RunOptions"] = OPTIONS_SCHEMA
     schemas["Meta"] = meta_schema()
     for feature in features:

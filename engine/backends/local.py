@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from featurelm.engine.backends import adapter_options, register
 from featurelm.engine.config import BackendConfig
-from featurelm.engine.errors import BackendError
+from featurelm.engine.errors import BackendError, BackendTimeout
 from featurelm.engine.types import Capabilities, Completion, CompletionRequest, Message, Usage
 
 _ASSEMBLE_LOCK = threading.Lock()
@@ -133,8 +133,8 @@ class LocalLlamaBackend:
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() > deadline:
-            raise BackendError("local model ran past the deadline", backend=self.name,
-                               retryable=True, timeout=True)
+            raise BackendTimeout("local model ran past the deadline", backend=self.name,
+                                 retryable=True)
 
     def _generate(self, request: CompletionRequest, deadline: float | None) -> Completion:
         llm = self._load()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from featurelm.engine.errors import BackendError
+from featurelm.engine.errors import BackendError, backend_error
 
 #: Statuses worth another try: rate limits, timeouts, conflicts and every server error.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -282,9 +282,9 @@ def to_backend_error(failure: Failure, backend: str, secrets: Iterable[str] = ()
         message += f" (HTTP {failure.status})"
     if detail:
         message += f": {detail}"
-    return BackendError(message, backend=backend, provider_status=failure.status,
-                        retryable=failure.retryable, retry_after=failure.retry_after,
-                        context_length=failure.context_length, timeout=failure.timeout)
+    return backend_error(message, timeout=failure.timeout, backend=backend,
+                         provider_status=failure.status, retryable=failure.retryable,
+                         retry_after=failure.retry_after, context_length=failure.context_length)
 
 
 def map_exception(exc: BaseException, backend: str,

@@ -202,6 +202,11 @@ async def test_comparing_two_reports_shows_the_regression(
 
 
 async def test_comparing_base_with_a_tenant_runs_both(project: Path, tmp_path: Path) -> None:
+    engine = Engine.from_config(project)
+    try:
+        await (await engine.store()).create_tenant("acme", actor="test")
+    finally:
+        await engine.aclose()
     code = await featurelm_eval("--config", project, "--compare", "base", "tenant:acme",
                                 "--report", tmp_path / "cmp")
     assert code == 0
