@@ -52,12 +52,14 @@ bench: install
 	$(BIN)/python -m bench
 
 # The eval suite live against the configured backends (the local model by default), with reports.
+# ROUTE=name runs every feature on that route (vLLM, hosted) instead of its own.
 eval-live: install
-	$(BIN)/featurelm eval --report reports/eval-live
+	$(BIN)/featurelm eval $(if $(ROUTE),--route $(ROUTE)) --report reports/eval-live
 
 # Re-record the cassettes CI replays, after a deliberate prompt or model change.
+# One call at a time: the local model is CPU-bound, and parallel calls only slow each other.
 eval-record: install
-	$(BIN)/featurelm eval --record evals/cassettes --report reports/eval-record
+	$(BIN)/featurelm eval --record evals/cassettes --concurrency 1 --report reports/eval-record
 
 # Pin what the suite passed with (run after `make test EXTRAS=dev,similarity` succeeds).
 lock: install

@@ -24,7 +24,7 @@ from featurelm.engine.backends import Backend
 from featurelm.engine.cache import BackendId, CacheEntry, ResultCache, build_store
 from featurelm.engine.config import EngineConfig, load_config
 from featurelm.engine.dispatch import BreakerState, CallRecord, Dispatched, Dispatcher
-from featurelm.engine.errors import InputError, SchemaViolation
+from featurelm.engine.errors import InputError, SchemaViolation, TooLargeError
 from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
 from featurelm.engine.overrides import EvalGate, Overrides
 from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
@@ -269,8 +269,8 @@ class Engine:
             raise InputError("input must be JSON data (objects, arrays, strings, numbers, "
                              "booleans, null)") from None
         if size > self.config.limits.max_input_bytes:
-            raise InputError(f"input is {size} bytes, over the "
-                             f"{self.config.limits.max_input_bytes}-byte limit", status=413)
+            raise TooLargeError(f"input is {size} bytes, over the "
+                                f"{self.config.limits.max_input_bytes}-byte limit")
         problems = violations(feature.spec.input, input)
         if problems:
             raise InputError(f"input does not match the {feature.name} input schema", problems)
@@ -304,10 +304,7 @@ class Engine:
 
     def check_budget(self, route: str, request: CompletionRequest) -> None:
         """Refuse a prompt no backend on the route can hold, before any backend call."""
-        try:
-            self.dispatcher.ensure_fits(route, request)
-        except InputError as exc:
-            raise InputError(str(exc), status=413) from None
+        self.dispatcher.ensure_fits(route, request)
 
     async def run(self, feature_name: str, input: Any, *, tenant: str | None = None,
                   options: RunOptions | None = None) -> Result:

@@ -26,7 +26,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from featurelm.engine.contracts import TENANT_NAME
-from featurelm.engine.errors import ContractError, ContractIssue, FeaturelmError, InputError, NotFoundError
+from featurelm.engine.errors import (
+    ConflictError,
+    ContractError,
+    ContractIssue,
+    InputError,
+    NotFoundError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("featurelm.store")
 
@@ -120,13 +127,6 @@ class AuditEntry:
     feature: str | None
     action: str
     detail: str
-
-
-class StoreUnavailable(FeaturelmError):
-    """The store could not be reached or failed; the message never holds credentials."""
-
-    status = 503
-    kind = "store"
 
 
 def key_digest(api_key: str) -> str:
@@ -301,8 +301,8 @@ class Store:
                 yield conn
         except sa_exc.IntegrityError:
             # Writers lock the tenant row first, so only racing creations get here.
-            raise InputError("the change conflicts with a concurrent one; retry it",
-                             status=409) from None
+            raise ConflictError("the change conflicts with a concurrent one; retry it"
+                                ) from None
         except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
             cause = type(getattr(exc, "orig", None) or exc).__name__
             self.failures += 1
@@ -347,7 +347,7 @@ class Store:
         async with self._begin() as conn:
             exists = await conn.scalar(sa.select(tenants_t.c.name).where(tenants_t.c.name == name))
             if exists is not None:
-                raise InputError(f"tenant {name!r} already exists", status=409)
+                raise ConflictError(f"tenant {name!r} already exists")
             await conn.execute(sa.insert(tenants_t).values(name=name,
                                                             created_at=tenant.created_at))
             key = await self._new_key(conn, name, actor)

@@ -160,8 +160,7 @@ async def get_version(tenant: TenantName, feature: FeatureName, version: Version
     store = await services(request).engine.store()
     stored = await store.get_version(tenant, feature, version)
     if stored is None:
-        raise problems.ProblemError(404, "Not found", "not-found",
-                                    f"no version {version} of {feature!r} for {tenant!r}")
+        raise NotFoundError(f"no version {version} of {feature!r} for {tenant!r}")
     return OverrideVersionText(**_out(stored).model_dump(), yaml_text=stored.yaml_text)
 
 

@@ -14,11 +14,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from featurelm.serving import problems
+from featurelm.engine.errors import (
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from featurelm.serving.state import Services, services
 
 log = logging.getLogger("featurelm.serving")
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="featurelm"'}
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `featurelm tenant create` "
                                                   "or `featurelm tenant admin-key`.")
@@ -41,8 +45,8 @@ class Caller:
 ANONYMOUS = Caller(tenant=None)
 
 
-def _unauthorized(detail: str) -> problems.ProblemError:
-    return problems.ProblemError(401, "Unauthorized", "unauthorized", detail, headers=CHALLENGE)
+def _unauthorized(detail: str) -> UnauthorizedError:
+    return UnauthorizedError(detail)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -66,9 +70,7 @@ async def resolve_caller(svc: Services, authorization: str | None) -> Caller:
         principal = await store.authenticate(token)
     except Exception as exc:
         log.error("tenant store unavailable during authentication: %s", type(exc).__name__)
-        raise problems.ProblemError(503, "Service unavailable", "store-unavailable",
-                                    "the tenant store cannot be reached",
-                                    headers={"Retry-After": "5"}) from None
+        raise UnavailableError("the tenant store cannot be reached", retry_after=5) from None
     if principal is None:
         raise _unauthorized("unknown API key")
     return Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
@@ -96,8 +98,7 @@ async def require_key(caller: CallerDep) -> Caller:
 
 async def require_admin(caller: Annotated[Caller, Depends(require_key)]) -> Caller:
     if not caller.admin:
-        raise problems.ProblemError(403, "Forbidden", "forbidden",
-                                    "this endpoint needs an admin key")
+        raise ForbiddenError("this endpoint needs an admin key")
     return caller
 
 
@@ -105,7 +106,7 @@ def check_tenant(caller: Caller, tenant: str) -> None:
     """An admin acts on any tenant; a tenant key only on its own (others look nonexistent)."""
     if caller.admin or caller.tenant == tenant:
         return
-    raise problems.ProblemError(404, "Not found", "not-found", f"unknown tenant {tenant!r}")
+    raise NotFoundError(f"unknown tenant {tenant!r}")
 
 
 KeyCaller = Annotated[Caller, Depends(require_key)]

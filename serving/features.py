@@ -14,13 +14,13 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions
+from featurelm.engine.errors import BodyTooLargeError, TooLargeError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.streaming import Delta, FeatureStream
 from featurelm.serving import problems
 from featurelm.serving.auth import Caller, CallerDep, resolve_caller
 from featurelm.serving.idempotency import HEADER as IDEMPOTENCY_HEADER
 from featurelm.serving.idempotency import Stored
-from featurelm.serving.limits import BodyTooLarge
 from featurelm.serving.logs import ROUTE
 from featurelm.serving.models import FeatureContract, FeatureList, FeatureSummary
 from featurelm.serving.state import Services, services
@@ -191,8 +191,7 @@ async def call_batch(svc: Services, name: str, request: Request, caller: Caller)
     if not isinstance(inputs, list) or not inputs:
         raise InputError("inputs must be a non-empty list of input objects")
     if len(inputs) > limit:
-        raise InputError(f"a batch holds at most {limit} inputs; this one has {len(inputs)}",
-                         status=413)
+        raise TooLargeError(f"a batch holds at most {limit} inputs; this one has {len(inputs)}")
     options = parse_options(data.get("options"))
     feature = await _admit(svc, caller, name, len(inputs))
     gate = asyncio.Semaphore(svc.engine.config.http.batch_concurrency)
@@ -251,7 +250,7 @@ class FeatureCalls:
                 raise NotFoundError(f"unknown feature {name!r}")
             handle = call_batch if rest else call_feature
             response = await handle(self.svc, name, request, caller)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             raise  # BodyLimitMiddleware answers 413
         except Exception as exc:
             response = problems.exception_response(exc)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from featurelm.serving import problems
+from featurelm.engine.errors import IdempotencyKeyError, InProgressError
 from featurelm.serving.kv import KV
 
 HEADER = "Idempotency-Key"
@@ -36,11 +36,11 @@ class Stored:
 Produce = Callable[[], Awaitable[Stored]]
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
+    """Refuse a key that is not 1 to MAX_KEY_CHARS visible ASCII characters."""
     if not KEY_PATTERN.match(key):
-        raise problems.ProblemError(422, "Invalid Idempotency-Key", "idempotency",
-                                    f"the key must be 1 to {MAX_KEY_CHARS} visible ASCII "
-                                    "characters")
+        raise IdempotencyKeyError(f"the key must be 1 to {MAX_KEY_CHARS} visible ASCII "
+                                  "characters")
 
 
 class Idempotency:
@@ -50,7 +50,7 @@ class Idempotency:
         self._inflight: dict[str, asyncio.Future[Stored]] = {}
 
     async def run(self, tenant: str | None, key: str, body: bytes, produce: Produce) -> Stored:
-        _check_key(key)
+        check_key(key)
         # Hash the client's key: it is arbitrary text and must not shape our storage keys.
         slot = "idem:" + hashlib.sha256(f"{tenant or '-'}\0{key}".encode()).hexdigest()
         body_hash = hashlib.sha256(body).hexdigest()
@@ -87,16 +87,14 @@ class Idempotency:
             return None  # expired or released meanwhile: try to claim it again
         record = json.loads(raw)
         if record["hash"] != body_hash:
-            raise problems.ProblemError(
-                422, "Idempotency-Key reused", "idempotency",
+            raise IdempotencyKeyError(
                 "this Idempotency-Key was used with a different request body")
         if record["state"] == "done":
             return Stored(int(record["status"]), record["body"].encode(), replayed=True)
         future = self._inflight.get(slot)
         if future is None:
-            raise problems.ProblemError(
-                409, "Request in progress", "idempotency-in-progress",
+            raise InProgressError(
                 "a request with this Idempotency-Key is still running; retry later",
-                headers={"Retry-After": "1"})
+                retry_after=1)
         first = await asyncio.shield(future)
         return Stored(first.status, first.body, replayed=True)

@@ -13,19 +13,15 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurelm.engine.config import HttpConfig
+from featurelm.engine.errors import BodyTooLargeError, QuotaExceededError, RateLimitedError
 from featurelm.serving import problems
 from featurelm.serving.kv import KV
 
 ANONYMOUS = "-"
 
 
-class BodyTooLarge(Exception):
-    """Raised from `receive` once more than the limit has arrived."""
-
-
-def _too_large(limit: int) -> problems.ProblemError:
-    return problems.ProblemError(413, "Request too large", "too-large",
-                                 f"the request body is over the {limit}-byte limit")
+def _too_large(limit: int) -> BodyTooLargeError:
+    return BodyTooLargeError(f"the request body is over the {limit}-byte limit")
 
 
 class BodyLimitMiddleware:
@@ -57,7 +53,8 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge
+                    # Raised from `receive`: the app unwinds and this middleware answers.
+                    raise _too_large(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -67,24 +64,23 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             if started:
                 raise
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        error = _too_large(self.limit)
-        data = json.dumps(problems.body(error.status, error.title, error.kind,
-                                        error.detail)).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
+        status, body, _ = problems.from_exception(_too_large(self.limit))
+        data = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", problems.MEDIA_TYPE.encode()),
             (b"content-length", str(len(data)).encode()),
             (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": data})
 
 
-def _retry_after(window_s: int, now: float) -> str:
-    return str(max(1, math.ceil(window_s - now % window_s)))
+def _retry_after(window_s: int, now: float) -> int:
+    return max(1, math.ceil(window_s - now % window_s))
 
 
 class Limiter:
@@ -103,10 +99,8 @@ class Limiter:
         key = f"rate:{tenant or ANONYMOUS}:{int(now // 60)}"
         count = await self.kv.incr(key, calls, 60)
         if count > limit:
-            raise problems.ProblemError(
-                429, "Rate limit exceeded", "rate-limited",
-                f"over {limit} calls per minute for this tenant",
-                headers={"Retry-After": _retry_after(60, now)})
+            raise RateLimitedError(f"over {limit} calls per minute for this tenant",
+                                   retry_after=_retry_after(60, now))
 
     def _quota_key(self, tenant: str | None, now: float) -> str:
         window = self.config.token_quota_window_s
@@ -120,10 +114,9 @@ class Limiter:
         now = time.time()
         used = int(await self.kv.get(self._quota_key(tenant, now)) or 0)
         if used >= quota:
-            raise problems.ProblemError(
-                429, "Token quota exceeded", "quota-exceeded",
+            raise QuotaExceededError(
                 f"this tenant used its {quota} tokens for the current window",
-                headers={"Retry-After": _retry_after(self.config.token_quota_window_s, now)})
+                retry_after=_retry_after(self.config.token_quota_window_s, now))
 
     async def spend(self, tenant: str | None, tokens: int) -> None:
         if self.config.token_quota == 0 or tokens <= 0:

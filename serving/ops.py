@@ -8,6 +8,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from featurelm.engine.errors import ForbiddenError
 from featurelm.serving import metrics, problems
 from featurelm.serving.auth import CallerDep
 from featurelm.serving.models import Health, Readiness
@@ -73,5 +74,5 @@ async def readyz(request: Request) -> Response:
 async def prometheus(request: Request, caller: CallerDep) -> Response:
     """Needs an admin key when auth is required: the labels name tenants and their costs."""
     if services(request).engine.config.auth == "required" and not caller.admin:
-        raise problems.ProblemError(403, "Forbidden", "forbidden", "/metrics needs an admin key")
+        raise ForbiddenError("/metrics needs an admin key")
     return Response(services(request).metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -1,4 +1,7 @@
-"""RFC 9457 problem+json responses for every error the service returns, and their schema."""
+"""RFC 9457 problem+json responses for every error the service returns, and their schema.
+
+Statuses come from the engine's one table (`featurelm.engine.errors.HTTP_STATUS`); this module
+only turns an error into a body and headers."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from featurelm.engine.errors import BackendError, FeaturelmError
+from featurelm.engine.errors import FeaturelmError, UnauthorizedError
 
 PROBLEM_TYPE = "https://featurelm.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -51,18 +54,8 @@ DESCRIPTIONS = {
 }
 
 
-class ProblemError(Exception):
-    """An HTTP-layer refusal (auth, limits, idempotency) carried to the problem handler."""
-
-    def __init__(self, status: int, title: str, kind: str, detail: str = "", *,
-                 headers: Mapping[str, str] | None = None, extra: dict[str, Any] | None = None):
-        super().__init__(detail or title)
-        self.status = status
-        self.title = title
-        self.kind = kind
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.extra = extra or {}
+#: What a client must send after a 401 (RFC 6750).
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="featurelm"'}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -90,15 +83,15 @@ def problem(status: int, title: str, kind: str, detail: str = "",
 
 def from_exception(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, body, headers) for any exception, safe to show a caller."""
-    if isinstance(exc, ProblemError):
-        return exc.status, body(exc.status, exc.title, exc.kind, exc.detail, exc.extra), \
-            exc.headers
     if isinstance(exc, FeaturelmError):
-        headers = {}
-        if isinstance(exc, BackendError) and exc.retry_after:
+        status = exc.status
+        headers: dict[str, str] = {}
+        if exc.retry_after:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return exc.status, body(exc.status, type(exc).__name__, exc.kind, str(exc),
-                                exc.public_detail()), headers
+        if isinstance(exc, UnauthorizedError):
+            headers.update(CHALLENGE)
+        return status, body(status, exc.title or type(exc).__name__, exc.kind, str(exc),
+                            exc.public_detail()), headers
     log.error("unexpected error", exc_info=exc)
     return 500, body(500, "Internal error", "internal", "an unexpected error occurred"), {}
 
@@ -132,7 +125,6 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Route every error to a problem+json response."""
     app.add_exception_handler(FeaturelmError, featurelm_error)
-    app.add_exception_handler(ProblemError, featurelm_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     # The traceback goes to the log, never to the caller.

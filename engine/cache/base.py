@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from featurelm.engine.errors import Attempt, BackendError, FeaturelmError, OutputError
+from featurelm.engine.errors import (
+    Attempt,
+    BackendError,
+    FeaturelmError,
+    OutputError,
+    backend_error,
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ def decode_outcome(payload: str) -> CacheEntry | FeaturelmError | None:
             return CacheEntry.decode(json.dumps(data["ok"]))
         if "backend_error" in data:
             fields = dict(data["backend_error"])
-            return BackendError(fields.pop("message"), **fields)
+            return backend_error(fields.pop("message"), **fields)
         if "output_error" in data:
             fields = data["output_error"]
             return OutputError(fields["message"], [Attempt(**a) for a in fields["attempts"]])

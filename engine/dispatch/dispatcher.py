@@ -22,7 +22,7 @@ from featurelm.engine.config import BackendConfig, EngineConfig, RouteConfig
 from featurelm.engine.costs import cost_usd
 from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from featurelm.engine.dispatch.retry import RetryPolicy
-from featurelm.engine.errors import BackendError, ContractError, ContractIssue, InputError
+from featurelm.engine.errors import BackendError, ContractError, ContractIssue, TooLargeError
 from featurelm.engine.tokens import count_prompt_tokens, prompt_token_bound
 from featurelm.engine.types import Completion, CompletionRequest, Usage
 
@@ -227,13 +227,13 @@ class Dispatcher:
         return [route for route in self.routes if self.backends_fitting(route, request)]
 
     def ensure_fits(self, route: str, request: CompletionRequest) -> list[str]:
-        """The fitting backends, or an InputError before any backend is called."""
+        """The fitting backends, or a TooLargeError before any backend is called."""
         fitting = self.backends_fitting(route, request)
         if not fitting:
             names = self.route(route).backends
             window = max(self.backends[n].capabilities.context_window for n in names)
             tokens = self.prompt_tokens(names[0], request)
-            raise InputError(
+            raise TooLargeError(
                 f"input too long for route {route!r}: the prompt takes {tokens} tokens and "
                 f"{request.max_tokens} more are reserved for the output, but the largest "
                 f"context window on this route is {window} tokens")

@@ -11,8 +11,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from featurelm.engine.errors import ContractError, InputError, NotFoundError
-from featurelm.engine.store import Principal, Store, StoreUnavailable, async_url, key_digest
+from featurelm.engine.errors import (
+    ConflictError,
+    ContractError,
+    InputError,
+    NotFoundError,
+    StoreUnavailable,
+)
+from featurelm.engine.store import Principal, Store, async_url, key_digest
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -80,7 +86,7 @@ async def test_invalid_tenant_names_are_refused(store: Store, name: str) -> None
 
 async def test_a_tenant_name_is_taken_once(store: Store) -> None:
     await store.create_tenant("acme", actor="ops")
-    with pytest.raises(InputError, match="already exists") as caught:
+    with pytest.raises(ConflictError, match="already exists") as caught:
         await store.create_tenant("acme", actor="ops")
     assert caught.value.status == 409
     assert [t.name for t in await store.list_tenants()] == ["acme"]

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from featurelm.engine.config import HttpConfig
+from featurelm.engine.errors import IdempotencyKeyError, QuotaExceededError, RateLimitedError
 from featurelm.serving.idempotency import Idempotency, Stored
 from featurelm.serving.kv import RedisKV
 from featurelm.serving.limits import Limiter
-from featurelm.serving.problems import ProblemError
 
 pytestmark = pytest.mark.redis
 
@@ -31,9 +31,9 @@ async def test_rate_limit_is_shared_between_replicas(replicas: tuple[RedisKV, Re
     one, two = (Limiter(kv, config) for kv in replicas)
     await one.take("acme", 2)
     await two.take("acme")
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(RateLimitedError) as refused:
         await one.take("acme")
-    assert refused.value.status == 429 and "Retry-After" in refused.value.headers
+    assert refused.value.status == 429 and refused.value.retry_after
     await two.take("globex")  # another tenant's bucket
 
 
@@ -42,7 +42,7 @@ async def test_token_quota_is_shared_between_replicas(
     config = HttpConfig(token_quota=100)
     one, two = (Limiter(kv, config) for kv in replicas)
     await one.spend("acme", 100)
-    with pytest.raises(ProblemError):
+    with pytest.raises(QuotaExceededError):
         await two.check_quota("acme")
     await two.check_quota("globex")
 
@@ -60,6 +60,6 @@ async def test_idempotent_result_replays_on_another_replica(
     first = await one.run("acme", "k1", b"body", produce)
     again = await two.run("acme", "k1", b"body", produce)
     assert (first.replayed, again.replayed, again.body, calls) == (False, True, b'{"n": 1}', 1)
-    with pytest.raises(ProblemError) as reused:
+    with pytest.raises(IdempotencyKeyError) as reused:
         await two.run("acme", "k1", b"other body", produce)
     assert reused.value.status == 422
