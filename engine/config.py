@@ -47,6 +47,10 @@ class LimitsConfig(Strict):
     max_template_chars: int = Field(20_000, ge=100)
     max_rendered_chars: int = Field(100_000, ge=100)
     render_timeout_s: float = Field(1.0, gt=0)
+    render_memory_chars: int = Field(
+        10_000_000, ge=100_000, description="Characters (and list items) one prompt render may "
+        "build, intermediate values included; an operation that would pass it is refused "
+        "before it allocates.")
     max_input_bytes: int = Field(256 * 1024, ge=1024)
     max_yaml_bytes: int = Field(256 * 1024, ge=1024)
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one call, all retries "
@@ -113,6 +117,9 @@ class EngineConfig(Strict):
     cache: str = Field("memory", description="'memory', 'none' or a redis:// URL.")
     cache_settings: CacheSettings = Field(default_factory=CacheSettings)
     store: str = Field("sqlite:///featurelm.db", description="SQLAlchemy URL of the tenant store.")
+    store_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest wait for a store connect, pooled connection or "
+        "statement; past it the call gets 503 (or keeps the keys and overrides it knows).")
     #: Name of the environment variable holding the server secret used to derive per-tenant
     #: salts (vLLM cache_salt) and to hash API keys. Never the secret itself.
     secret_env: str = "FEATURELM_SECRET"

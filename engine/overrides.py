@@ -25,11 +25,14 @@ from featurelm.engine.errors import ContractError, ContractIssue, NotFoundError
 from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
 from featurelm.engine.prompts import PromptRenderer, TemplateRefused
 from featurelm.engine.safe_yaml import load_yaml_text
+from featurelm.engine.text import lone_surrogate_path
 
 if TYPE_CHECKING:
     from featurelm.engine.store import OverrideVersion, Store
 
 log = logging.getLogger("featurelm.overrides")
+#: Longest a call waits for a generation check before using what it resolved before (s).
+REFRESH_WAIT_S = 0.5
 
 #: Runs a feature's eval cases against a candidate feature for a tenant; returns the pass rate.
 EvalGate = Callable[[LoadedFeature, str], Awaitable[float]]
@@ -96,7 +99,7 @@ class Overrides:
         #: Bumped on every local invalidation, so a resolution that raced with one is not
         #: cached (it would otherwise serve the old version until the next generation change).
         self._epoch = 0
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Future[None] | None = None
         #: Tenants seen in the store; none is ever deleted, so a hit never goes stale.
         self._tenants: set[str] = set()
 
@@ -135,6 +138,11 @@ class Overrides:
         if not isinstance(patch, dict):
             raise ContractError([ContractIssue(source, "", "an override must be a YAML mapping",
                                                "write the fields to change, as in the feature")])
+        # Checked before anything renders or is saved: such text fails every later encode.
+        if (bad := lone_surrogate_path(patch, "")) is not None:
+            raise ContractError([ContractIssue(
+                source, bad.lstrip("."), "holds invalid Unicode (a lone surrogate such as "
+                "\\ud800)", "write UTF-8 text; YAML escapes must form valid characters")])
         issues: list[ContractIssue] = []
         if patch.get("name", feature) != feature:
             issues.append(ContractIssue(source, "name", NEVER_OVERRIDABLE["name"],
@@ -266,19 +274,31 @@ class Overrides:
         self._epoch += 1
         self._resolved.pop((tenant, feature), None)
 
-    async def _refresh(self, store: Store) -> None:
-        """Drop resolved features when another replica changed an active version."""
+    async def _refresh(self) -> None:
+        """Drop resolved features when another replica changed an active version.
+
+        One check runs at a time, shared by every call that finds the last one too old; a
+        call waits for it at most REFRESH_WAIT_S and otherwise goes on with what this replica
+        resolved before, so a slow store delays no call that needs nothing new from it."""
         if time.monotonic() - self._checked_at < self.refresh_s:
             return
-        async with self._lock:
-            if time.monotonic() - self._checked_at < self.refresh_s:
-                return
-            generation = await store.generation()
-            if generation != self._generation:
-                self._epoch += 1
-                self._resolved.clear()
-                self._generation = generation
-            self._checked_at = time.monotonic()
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._check_generation())
+        await asyncio.wait([self._refreshing], timeout=REFRESH_WAIT_S)
+
+    async def _check_generation(self) -> None:
+        try:
+            generation = await (await self._store()).generation()
+        except Exception as exc:
+            log.warning("override refresh failed, keeping the resolved overrides: %s",
+                        type(exc).__name__)
+            self._checked_at = time.monotonic()  # try again after refresh_s, not per call
+            return
+        if generation != self._generation:
+            self._epoch += 1
+            self._resolved.clear()
+            self._generation = generation
+        self._checked_at = time.monotonic()
 
     async def resolve(self, feature: str, tenant: str | None) -> LoadedFeature:
         """The feature as `tenant` sees it: the base feature with its active override merged."""
@@ -289,12 +309,12 @@ class Overrides:
         await self.require_tenant(tenant)
         if not base.spec.overridable:
             return base
-        store = await self._store()
-        await self._refresh(store)
+        await self._refresh()
         cached = self._resolved.get((tenant, feature))
         if cached is not None:
             return cached
         epoch = self._epoch
+        store = await self._store()
         active = await store.active_override(tenant, feature)
         resolved = base
         if active is not None:

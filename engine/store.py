@@ -6,6 +6,7 @@ the production store; the schema is migrated with alembic when the store connect
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -42,6 +43,8 @@ SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 KEY_PREFIX = "flm_"
 MAX_FEATURE_NAME = 64
 MAX_ACTOR = 200
+#: Default bound of a store connect or statement (`store_timeout_s` in featurelm.yaml).
+DEFAULT_TIMEOUT_S = 5.0
 
 metadata = sa.MetaData()
 tenants_t = sa.Table(
@@ -260,31 +263,42 @@ def _migrate(connection: sa.Connection, schema: str | None) -> None:
 class Store:
     """Every query is scoped by tenant; API keys are kept only as digests."""
 
-    def __init__(self, engine: AsyncEngine, shown_url: str):
+    def __init__(self, engine: AsyncEngine, shown_url: str,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
         self._engine = engine
         self._shown_url = shown_url
+        #: Bound over one transaction: a store that accepts connections and never answers
+        #: must not hold a call past its deadline (the driver's own timeouts come first).
+        self._timeout_s = timeout_s * 2
         #: Operations that failed to reach the database (exported as a metric).
         self.failures = 0
 
     @classmethod
-    async def connect(cls, url: str) -> Store:
+    async def connect(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Store:
         """Connect to `sqlite:///file.db` or `postgresql://...` (optionally `?schema=name`)
-        and bring the schema up to date."""
+        and bring the schema up to date. `timeout_s` bounds each connect, each statement and
+        each wait for a pooled connection."""
         async_url_, schema = async_url(url)
         shown = async_url_.render_as_string(hide_password=True)
         options: dict[str, Any] = {"hide_parameters": True}
         if async_url_.get_backend_name() == "postgresql":
             options["pool_pre_ping"] = True
+            options["pool_timeout"] = timeout_s
+            settings = {"statement_timeout": str(int(timeout_s * 1000))}
             if schema:
-                options["connect_args"] = {"server_settings": {"search_path": schema}}
+                settings["search_path"] = schema
+            # asyncpg: `timeout` bounds the connect, `command_timeout` every statement (the
+            # pre-ping included) on the client side; statement_timeout stops it on the server.
+            options["connect_args"] = {"timeout": timeout_s, "command_timeout": timeout_s,
+                                       "server_settings": settings}
         else:
             options["connect_args"] = {"timeout": 30}
         engine = create_async_engine(async_url_, **options)
         if async_url_.get_backend_name() == "sqlite":
             _sqlite_transactions(engine)
-        store = cls(engine, shown)
+        store = cls(engine, shown, timeout_s)
         try:
-            async with store._begin() as conn:
+            async with store._begin(bounded=False) as conn:  # migrations may take longer
                 await conn.run_sync(_migrate, schema)
         except BaseException:
             await engine.dispose()
@@ -295,10 +309,11 @@ class Store:
         await self._engine.dispose()
 
     @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+    async def _begin(self, *, bounded: bool = True) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.begin() as conn:
-                yield conn
+            async with asyncio.timeout(self._timeout_s if bounded else None):
+                async with self._engine.begin() as conn:
+                    yield conn
         except sa_exc.IntegrityError:
             # Writers lock the tenant row first, so only racing creations get here.
             raise ConflictError("the change conflicts with a concurrent one; retry it"

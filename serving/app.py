@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from featurelm.engine import Engine
 from featurelm.serving import admin, features, ops, problems
 from featurelm.serving.idempotency import Idempotency
-from featurelm.serving.kv import kv_for
+from featurelm.serving.kv import KVCollector, ResilientKV, kv_for
 from featurelm.serving.limits import BodyLimitMiddleware, Limiter
 from featurelm.serving.logs import RequestContextMiddleware
 from featurelm.serving.metrics import EngineCollector, Metrics
@@ -25,8 +25,10 @@ log = logging.getLogger("featurelm.serving")
 def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI:
     """The HTTP service for `engine`; `lifecycle` is shared with the server for draining."""
     config = engine.config
-    kv = kv_for(config.cache)
+    kv = kv_for(config.cache, config.cache_settings)
     metrics = Metrics(config.routes)
+    if isinstance(kv, ResilientKV):
+        metrics.registry.register(KVCollector(kv))
     engine.on_call(metrics.on_call)
     metrics.registry.register(EngineCollector(engine.stats))
     svc = Services(engine=engine, kv=kv, limiter=Limiter(kv, config.http),

@@ -7,6 +7,7 @@ API; a key that is sent is still checked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -65,15 +66,31 @@ async def resolve_caller(svc: Services, authorization: str | None) -> Caller:
         if svc.engine.config.auth == "off":
             return ANONYMOUS
         raise _unauthorized("an API key is required: `Authorization: Bearer <api key>`")
-    try:
-        store = await svc.engine.store()
-        principal = await store.authenticate(token)
-    except Exception as exc:
-        log.error("tenant store unavailable during authentication: %s", type(exc).__name__)
-        raise UnavailableError("the tenant store cannot be reached", retry_after=5) from None
-    if principal is None:
+    cached = svc.keys.fresh(token)
+    if cached is None:
+        try:
+            # Bounded twice: the store's own timeouts, and this one over connect + lookup.
+            async with asyncio.timeout(svc.engine.config.store_timeout_s * 2):
+                store = await svc.engine.store()
+                principal = await store.authenticate(token)
+        except Exception as exc:
+            cached = svc.keys.stale(token)
+            if cached is None:
+                log.error("tenant store unavailable during authentication: %s",
+                          type(exc).__name__)
+                raise UnavailableError("the tenant store cannot be reached",
+                                       retry_after=5) from None
+            log.warning("tenant store unavailable, using a key it confirmed earlier: %s",
+                        type(exc).__name__)
+        else:
+            svc.keys.remember(token, principal.tenant if principal else None,
+                              bool(principal and principal.admin), known=principal is not None)
+            if principal is None:
+                raise _unauthorized("unknown API key")
+            return Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
+    if not cached.known:
         raise _unauthorized("unknown API key")
-    return Caller(tenant=principal.tenant, admin=principal.admin, authenticated=True)
+    return Caller(tenant=cached.tenant, admin=cached.admin, authenticated=True)
 
 
 async def authenticate(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 from fastapi import Request
 
 from featurelm.engine import Engine
+from featurelm.serving.keycache import KeyCache
 
 if TYPE_CHECKING:
     from featurelm.serving.idempotency import Idempotency
@@ -31,6 +32,8 @@ class Services:
     idempotency: Idempotency
     metrics: Metrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    #: API keys the store confirmed recently (calls go on while the store is slow).
+    keys: KeyCache = field(default_factory=KeyCache)
 
 
 def services(request: Request) -> Services:
