@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
 import sys
 import time
@@ -32,6 +33,7 @@ _CONTEXT_PATTERN = re.compile(
 #: Credentials a provider might echo back (OpenAI-style keys, bearer tokens).
 _CREDENTIAL_PATTERN = re.compile(r"(Bearer\s+)\S+|\bsk-[A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
 _SNIPPET_CHARS = 300
+log = logging.getLogger("featurelm.backends")
 
 
 class MalformedResponse(ValueError):
@@ -275,13 +277,19 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return _CREDENTIAL_PATTERN.sub(lambda m: f"{m.group(1) or ''}***", text)
 
 
-def to_backend_error(failure: Failure, backend: str, secrets: Iterable[str] = ()) -> BackendError:
+def to_backend_error(failure: Failure, backend: str, secrets: Iterable[str] = (), *,
+                     detail_is_public: bool = False) -> BackendError:
+    """The error a caller may see: what failed and the provider's status. The provider's
+    body and the transport's own words (host names, ports, proxy replies) go to the server
+    log, scrubbed, under the request id; `detail_is_public` is for details this module wrote."""
     detail = scrub(" ".join(failure.detail.split())[:_SNIPPET_CHARS], secrets)
     message = f"backend {backend!r}: {failure.what}"
     if failure.status is not None and str(failure.status) not in failure.what:
         message += f" (HTTP {failure.status})"
-    if detail:
+    if detail and detail_is_public:
         message += f": {detail}"
+    elif detail:
+        log.warning("%s: %s", message, detail)
     return backend_error(message, timeout=failure.timeout, backend=backend,
                          provider_status=failure.status, retryable=failure.retryable,
                          retry_after=failure.retry_after, context_length=failure.context_length)
@@ -315,7 +323,7 @@ def mapped_errors(backend: str, secrets: Iterable[str] = ()) -> Iterator[None]:
 def deadline_exceeded(backend: str, detail: str = "") -> BackendError:
     """The error the dispatcher raises when a call's deadline runs out."""
     return to_backend_error(Failure(what="deadline exceeded", retryable=False, timeout=True,
-                                    detail=detail), backend)
+                                    detail=detail), backend, detail_is_public=True)
 
 
 def circuit_open(backend: str) -> BackendError:

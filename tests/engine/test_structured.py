@@ -65,7 +65,10 @@ async def test_always_invalid_raises_output_error_with_every_attempt() -> None:
         await generate_structured(backend.complete, REQUEST, SCHEMA, max_attempts=3)
     assert backend.calls == 3
     assert len(caught.value.attempts) == 3
-    assert all("'score' is a required property" in a.errors[0] for a in caught.value.attempts)
+    # What a caller may see: the path and the rule broken, never the model's values.
+    assert all(a.errors == ["$: fails 'required'"] for a in caught.value.attempts)
+    # The model itself was told exactly what was missing.
+    assert "'score' is a required property" in backend.requests[-1].messages[-1].content
 
 
 async def test_extra_fields_the_schema_forbids_never_pass() -> None:

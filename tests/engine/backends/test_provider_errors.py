@@ -103,22 +103,23 @@ def test_retry_after_forms():
     assert parse_retry_after({"Retry-After": past}) == 0.0
 
 
-def test_http_status_errors_carry_status_and_retry_after():
+def test_http_status_errors_carry_status_and_retry_after(caplog):
     request = httpx.Request("POST", "http://h/v1/chat/completions")
     response = httpx.Response(429, headers={"Retry-After": "3"}, text="slow down",
                               request=request)
     error = map_exception(httpx.HTTPStatusError("429", request=request, response=response), "b")
     assert error is not None
     assert (error.provider_status, error.retryable, error.retry_after) == (429, True, 3.0)
-    assert "slow down" in str(error)
+    # The provider's body is for the operator's log, not for the caller's error.
+    assert "slow down" not in str(error) and "slow down" in caplog.text
 
 
-def test_the_http_adapters_status_errors_carry_status_body_and_retry_after():
+def test_the_http_adapters_status_errors_carry_status_body_and_retry_after(caplog):
     error = map_exception(ProviderStatusError(503, "overloaded", {"retry-after-ms": "1500"}),
                           "gpu")
     assert error is not None
     assert (error.provider_status, error.retryable, error.retry_after) == (503, True, 1.5)
-    assert "overloaded" in str(error)
+    assert "overloaded" not in str(error) and "overloaded" in caplog.text
     too_long = map_exception(ProviderStatusError(400, "maximum context length is 8192", {}), "g")
     assert too_long is not None and too_long.context_length and not too_long.retryable
 

@@ -171,9 +171,22 @@ async def test_each_attempt_gets_only_the_time_left(servers, dispatcher_for):
     with pytest.raises(BackendError) as caught:
         await dispatcher.complete("main", REQUEST, deadline=soon(0.8))
     assert caught.value.timeout
-    # The first attempt used up the whole deadline; the second backend was never reached.
+    # The first backend got half the time (one more backend waits after it), the second the
+    # rest: both were asked, and the call still ended at its deadline.
     assert time.monotonic() - started < 1.3
-    assert second.completions == 0
+    assert first.completions == 1 and second.completions == 1
+
+
+async def test_a_hung_first_backend_leaves_its_fallback_time_to_answer(servers, dispatcher_for):
+    hung = servers(plan=FaultPlan(rates=[(1.0, Fault.hang())]))
+    healthy = servers()
+    dispatcher = dispatcher_for({"first": hung, "second": healthy}, retries=2)
+    started = time.monotonic()
+    completion = await dispatcher.complete("main", REQUEST, deadline=soon(2.0))
+    assert completion.backend == "second"
+    # Half the deadline on the hung one, no retry there (it ran out its share), then the next.
+    assert 0.9 < time.monotonic() - started < 1.6
+    assert hung.completions == 1
 
 
 async def test_the_breaker_opens_then_half_opens_and_closes(servers, dispatcher_for):
@@ -291,7 +304,13 @@ async def test_stream_falls_back_before_the_first_chunk(servers, dispatcher_for)
     first = servers(plan=FaultPlan(rates=[(1.0, Fault.error(500))]))
     second = servers()
     dispatcher = dispatcher_for({"first": first, "second": second}, retries=1)
-    chunks = [c async for c in dispatcher.stream("main", REQUEST, deadline=soon())]
+    chunks: list[str] = []
+
+    async def show(text: str) -> None:
+        chunks.append(text)
+
+    dispatched = await dispatcher.dispatch("main", REQUEST, deadline=soon(), on_text=show)
     assert "".join(chunks) == "ok"
+    assert dispatched.completion.backend == dispatched.record.backend == "second"
     assert first.completions == 2
     assert second.bodies[0]["stream"] is True
