@@ -24,8 +24,9 @@ $(VENV)/.deps-$(EXTRAS): pyproject.toml constraints.txt
 	$(LOCKED) $(BIN)/python -m pip install -c constraints.txt '.[$(EXTRAS)]'
 	touch $@
 
+# setuptools reuses build/lib between builds: a module deleted from the tree would ship on.
 $(VENV)/.featurelm: $(VENV)/.deps-$(EXTRAS) $(SOURCES)
-	$(LOCKED) $(BIN)/python -m pip install -q --no-deps --force-reinstall .
+	$(LOCKED) sh -c 'rm -rf build/lib && $(BIN)/python -m pip install -q --no-deps --force-reinstall .' 
 	touch $@
 
 install: $(VENV)/.featurelm

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -112,9 +113,11 @@ def test_percentiles_use_the_nearest_rank() -> None:
 def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
     """`python -m bench --quick` without LiteLLM: every row is measured or says why not."""
     out = tmp_path / "bench.json"
+    # `-m bench` runs from the checkout: the working directory must be on sys.path.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-litellm",
                           "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                         timeout=240, check=False)
+                         timeout=240, check=False, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "6a", "6b"}
