@@ -235,3 +235,85 @@ async def test_a_named_feature_without_a_dataset_fails(
     assert "no feature has an eval dataset" in capsys.readouterr().err
     assert await featurelm_eval("--config", project, "classify_ticket") == 1
     assert "classify_ticket: FAIL (no eval dataset" in capsys.readouterr().out
+
+
+async def test_a_route_that_does_not_exist_is_a_usage_error(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await featurelm_eval("--config", project, "--route", "nosuch") == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no case was run, none reported failed
+    assert err.strip().splitlines() == [
+        f"error: --route nosuch: no such route in {project.parent} (routes: default, judge)"]
+
+
+async def test_compare_labels_each_side_of_its_output(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The same run twice: only the side labels tell the two summary lines apart.
+    assert await featurelm_eval("--config", project, "--compare", "base", "base") == 0
+    out = capsys.readouterr().out
+    assert "[a: base] classify_ticket: PASS" in out
+    assert "[b: base] classify_ticket: PASS" in out
+
+
+async def test_a_recording_writes_a_baseline_and_the_replay_gates_on_it(
+        project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cassettes = tmp_path / "cassettes"
+    assert await featurelm_eval("--config", project, "--record", cassettes) == 0
+    baseline = json.loads((cassettes / "baseline.json").read_text())
+    assert [c["passed"] for c in baseline["features"][0]["cases"]] == [True] * 4
+    set_backend(project, NO_MODEL)
+    assert await featurelm_eval("--config", project, "--replay", cassettes) == 0
+    # The recorded answer for one case changes: that case is the regression reported.
+    path = cassettes / "classify_ticket.json"
+    cassette = json.loads(path.read_text())
+    for exchange in cassette["exchanges"].values():
+        if exchange["case"] == "app-crash":
+            exchange["replies"] = [{**r, "text": json.dumps(
+                {"category": "other", "summary": "crash"})} for r in exchange["replies"]]
+    path.write_text(json.dumps(cassette))
+    capsys.readouterr()
+    assert await featurelm_eval("--config", project, "--replay", cassettes) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "regression" in line]
+    assert line.startswith("error: regression: case 'app-crash' of feature 'classify_ticket' "
+                           "passed in the baseline")
+    assert 'input {"text": "The app crashes on start"}' in line
+    assert "one_of at category" in line
+
+
+async def test_a_recorded_run_is_held_to_the_replay_threshold(
+        project: Path, tmp_path: Path) -> None:
+    set_prompt(project, BROKEN_PROMPT)  # 1 of 4 cases passes: below the live threshold 0.75
+    assert await featurelm_eval("--config", project) == 1
+    feature = yaml.safe_load((project.parent / "features" / "classify_ticket.yaml").read_text())
+    feature["evals"]["replay_threshold"] = 0.25
+    (project.parent / "features" / "classify_ticket.yaml").write_text(yaml.safe_dump(feature))
+    assert await featurelm_eval("--config", project, "--record", tmp_path / "c") == 0
+    assert await featurelm_eval("--config", project) == 1  # live still uses the threshold
+
+
+async def test_a_refused_gated_override_lists_the_failing_cases(project: Path) -> None:
+    from featurelm.engine.errors import ContractError
+    from featurelm.evals.gate import make_eval_gate
+
+    feature = copy.deepcopy(CLASSIFY)
+    feature["overridable"] = ["prompt.system"]
+    (project.parent / "features" / "classify_ticket.yaml").write_text(yaml.safe_dump(feature))
+    engine = Engine.from_config(project)
+    engine.set_eval_gate(make_eval_gate(engine))
+    try:
+        await (await engine.store()).create_tenant("acme", actor="test")
+        with pytest.raises(ContractError) as refused:
+            await engine.overrides.apply("acme", "classify_ticket",
+                                         f"prompt:\n  system: {BROKEN_PROMPT}\n",
+                                         author="test", run_evals=True)
+    finally:
+        await engine.aclose()
+    issues = [str(i) for i in refused.value.issues]
+    assert "eval pass rate 25% is below the threshold 75%: 3 of 4 cases fail" in issues[0]
+    failing = {i.path for i in refused.value.issues[1:]}
+    assert failing == {"evals: case 'refund-request'", "evals: case 'app-crash'",
+                       "evals: case 'invoice-total'"}
+    crash = next(i for i in refused.value.issues if "app-crash" in i.path)
+    assert 'input {"text": "The app crashes on start"}' in crash.problem
+    assert "one_of at category" in crash.problem

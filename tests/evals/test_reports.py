@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import pytest
 
 from featurelm.evals.reports import write_reports
 from featurelm.evals.reports.markdown import render as render_markdown
-from featurelm.evals.results import SuiteResult, from_json, load_report, to_json
+from featurelm.evals.results import (
+    CaseResult,
+    FeatureResult,
+    SuiteResult,
+    from_json,
+    load_report,
+    to_json,
+)
 
 
 def test_report_json_round_trips_and_carries_derived_scores(suite: SuiteResult,
@@ -67,3 +75,30 @@ def test_html_is_self_contained_and_escapes_everything_from_the_run(suite: Suite
     assert "&lt;script&gt;alert(&#39;id&#39;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; more" in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_the_cost_plot_of_a_free_run_is_a_note_not_an_empty_axis() -> None:
+    from matplotlib import image
+
+    from featurelm.evals.reports import plots
+    from tests.evals.conftest import make_run
+
+    free = FeatureResult(name="local", threshold=0.5, cases=[
+        CaseResult(f"c{i}", {}, runs=[make_run(True, cost=0.0)]) for i in range(16)])
+    png = plots.cost_per_case([free])
+    pixels = image.imread(io.BytesIO(png))
+    assert pixels.shape[0] < 200  # a one-line note, not a 3.4-inch empty chart
+
+
+def test_a_zero_pass_rate_still_draws_a_red_bar() -> None:
+    import numpy as np
+    from matplotlib import image
+
+    from featurelm.evals.reports import plots
+    from tests.evals.conftest import make_run
+
+    zero = FeatureResult(name="broken", threshold=0.5,
+                         cases=[CaseResult("a", {}, runs=[make_run(False)])])
+    pixels = image.imread(io.BytesIO(plots.pass_rates([zero])))
+    red = np.array([int(plots.FAIL_COLOR[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    assert (np.abs(pixels[..., :3] - red).max(axis=-1) < 0.04).sum() > 20
