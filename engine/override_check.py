@@ -7,7 +7,7 @@ in the sandbox and render for the feature's example inputs). No store and no mod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def _mark_line(message: str) -> int | None:
 
 
 def _problems(error: ValidationError, file: str, lines: _LineIndex,
-              overridable: list[str]) -> Iterator[Problem]:
+              overridable: Sequence[str]) -> Iterator[Problem]:
     path = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))

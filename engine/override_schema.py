@@ -32,7 +32,8 @@ def _field_schema(path: list[str]) -> dict[str, Any]:
     for segment in path:
         node = _deref(root, node)
         node = node["properties"][segment]
-    return _inline(root, node)
+    inlined: dict[str, Any] = _inline(root, node)
+    return inlined
 
 
 def _deref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
