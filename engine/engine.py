@@ -15,15 +15,15 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurelm.engine.backends import Backend
-from featurelm.engine.cache import BackendId, CacheEntry, ResultCache, build_store
+from featurelm.engine.cache import BackendId, CacheEntry, CachePlan, ResultCache, build_store
 from featurelm.engine.config import EngineConfig, load_config
-from featurelm.engine.dispatch import BreakerState, CallRecord, Dispatched, Dispatcher
+from featurelm.engine.dispatch import BreakerState, CallRecord, Dispatcher, TextSink
 from featurelm.engine.errors import InputError, SchemaViolation, TooLargeError
 from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
 from featurelm.engine.overrides import EvalGate, Overrides
@@ -89,6 +89,32 @@ class Meta:
 class Result:
     output: dict[str, Any]
     meta: Meta
+
+
+_DEFAULT_OPTIONS = RunOptions()
+#: Receives an attempt's text as the model writes it: (text, attempt number from 1).
+AttemptSink = Callable[[str, int], Awaitable[None]]
+
+
+def _attempt_sink(on_text: AttemptSink, attempt: int) -> TextSink:
+    async def sink(text: str) -> None:
+        await on_text(text, attempt)
+
+    return sink
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """A call that passed every check made before a backend is called (`Engine.prepare`)."""
+
+    feature: LoadedFeature
+    tenant: str | None
+    route: str
+    request: CompletionRequest
+    plan: CachePlan
+    #: time.monotonic() when the call arrived, and when its deadline runs out.
+    started: float
+    deadline: float
 
 
 class Engine:
@@ -284,11 +310,6 @@ class Engine:
                              f"{', '.join(feature.allowed_routes())}")
         return route
 
-    async def complete(self, route: str, request: CompletionRequest, *,
-                       deadline: float | None = None) -> Dispatched:
-        """One completion along `route` (fallbacks, retries, breaker), within `deadline`."""
-        return await self.dispatcher.dispatch(route, request, deadline=deadline)
-
     def build_request(self, feature: LoadedFeature, input: dict[str, Any], *,
                       tenant: str | None, options: RunOptions) -> CompletionRequest:
         try:
@@ -315,41 +336,59 @@ class Engine:
     async def run_feature(self, feature: LoadedFeature, input: Any, *,
                           tenant: str | None = None, options: RunOptions | None = None) -> Result:
         """Run an already resolved feature (a candidate override under evaluation, say)."""
+        return await self.execute(self.prepare(feature, input, tenant=tenant, options=options))
+
+    # -- The pipeline: every JSON, batch and streamed call takes these two steps ---------------
+
+    def prepare(self, feature: LoadedFeature, input: Any, *, tenant: str | None = None,
+                options: RunOptions | None = None) -> PreparedCall:
+        """Everything checked before a backend is called: input, route, prompt, token budget,
+        cache plan. Raises the caller's mistakes (InputError, TooLargeError) here, so a stream
+        can answer them as a plain error before it starts."""
         started = time.monotonic()
-        options = options or RunOptions()
+        options = options or _DEFAULT_OPTIONS
         self.validate_input(feature, input)
         route = self.route_for(feature, options)
         request = self.build_request(feature, input, tenant=tenant, options=options)
         self.check_budget(route, request)
-        deadline = started + self.config.limits.request_timeout_s
-        schema = feature.spec.output
         plan = self.cache.plan(feature, request, tenant=tenant, chain=self._chain(route),
                                read=options.cache_read, write=options.cache_write,
                                coalesce=options.coalesce)
+        return PreparedCall(feature, tenant, route, request, plan, started,
+                            started + self.config.limits.request_timeout_s)
+
+    async def execute(self, call: PreparedCall, on_text: AttemptSink | None = None) -> Result:
+        """Answer a prepared call: a cached result, an identical call in flight, or the
+        route's backends until the output is schema-valid; then cache it. With `on_text`,
+        each attempt's text goes to it as the model writes (a streamed call); usage and cost
+        are recorded by the dispatcher, once per upstream call, either way."""
+        plan = call.plan
+        schema = call.feature.spec.output
         if plan.read:
             entry = await self.cache.lookup(plan, schema)
             if entry is not None:
-                return self._cached_result(feature, entry, tenant=tenant, route=route,
-                                           started=started)
+                return self._cached_result(call, entry)
 
         async def compute() -> tuple[CacheEntry, Result]:
             cost = 0.0
+            attempt = 0
 
             async def complete(req: CompletionRequest) -> Completion:
-                nonlocal cost
-                dispatched = await self.complete(route, req, deadline=deadline)
+                nonlocal cost, attempt
+                attempt += 1
+                sink = None if on_text is None else _attempt_sink(on_text, attempt)
+                dispatched = await self.dispatcher.dispatch(call.route, req,
+                                                            deadline=call.deadline, on_text=sink)
                 cost += dispatched.record.cost_usd
                 return dispatched.completion
 
-            result = await generate_structured(complete, request, schema,
-                                               feature.spec.model.max_attempts)
-            meta = Meta(feature=feature.name, feature_version=feature.spec.version,
-                        tenant=tenant, override_version=feature.override_version, route=route,
-                        backend=result.completion.backend, model=result.completion.model,
-                        attempts=result.attempts, tokens_in=result.tokens_in,
-                        tokens_out=result.tokens_out,
-                        latency_ms=round((time.monotonic() - started) * 1000, 2),
-                        cost_usd=round(cost, 8), cached=False)
+            result = await generate_structured(complete, call.request, schema,
+                                               call.feature.spec.model.max_attempts)
+            completion = result.completion
+            meta = self._meta(call, backend=completion.backend, model=completion.model,
+                              attempts=result.attempts, tokens_in=result.tokens_in,
+                              tokens_out=result.tokens_out, cost_usd=round(cost, 8),
+                              cached=False)
             # The entry keeps its own copy: callers may mutate the output they are given.
             entry = CacheEntry(copy.deepcopy(result.output), meta.backend, meta.model)
             if plan.write:
@@ -358,10 +397,11 @@ class Engine:
 
         if not plan.merge:
             return (await compute())[1]
-        entry, own = await self.cache.coalesce(plan, compute, schema=schema, deadline=deadline)
+        entry, own = await self.cache.coalesce(plan, compute, schema=schema,
+                                               deadline=call.deadline)
         if own is not None:
             return own
-        return self._cached_result(feature, entry, tenant=tenant, route=route, started=started)
+        return self._cached_result(call, entry)
 
     def _chain(self, route: str) -> list[BackendId]:
         """The route's fallback chain as the cache keys it (name, adapter kind, model)."""
@@ -369,12 +409,20 @@ class Engine:
         return [BackendId(name, backends[name].kind, backends[name].model)
                 for name in self.dispatcher.route(route).backends]
 
-    def _cached_result(self, feature: LoadedFeature, entry: CacheEntry, *, tenant: str | None,
-                       route: str, started: float) -> Result:
+    def _cached_result(self, call: PreparedCall, entry: CacheEntry) -> Result:
         """A result answered without a backend call of its own: no new usage to report."""
-        meta = Meta(feature=feature.name, feature_version=feature.spec.version, tenant=tenant,
-                    override_version=feature.override_version, route=route,
-                    backend=entry.backend, model=entry.model, attempts=0, tokens_in=0,
-                    tokens_out=0, latency_ms=round((time.monotonic() - started) * 1000, 2),
-                    cost_usd=0.0, cached=True)
+        meta = self._meta(call, backend=entry.backend, model=entry.model, attempts=0,
+                          tokens_in=0, tokens_out=0, cost_usd=0.0, cached=True)
         return Result(output=copy.deepcopy(entry.output), meta=meta)
+
+    @staticmethod
+    def _meta(call: PreparedCall, *, backend: str, model: str, attempts: int, tokens_in: int,
+              tokens_out: int, cost_usd: float, cached: bool) -> Meta:
+        """The one place a call's meta is built."""
+        feature = call.feature
+        return Meta(feature=feature.name, feature_version=feature.spec.version,
+                    tenant=call.tenant, override_version=feature.override_version,
+                    route=call.route, backend=backend, model=model, attempts=attempts,
+                    tokens_in=tokens_in, tokens_out=tokens_out,
+                    latency_ms=round((time.monotonic() - call.started) * 1000, 2),
+                    cost_usd=cost_usd, cached=cached)

@@ -16,11 +16,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions
 from featurelm.engine.errors import BodyTooLargeError, TooLargeError
 from featurelm.engine.loader import LoadedFeature
-from featurelm.engine.streaming import Delta, FeatureStream
+from featurelm.engine.streaming import Delta, FeatureStream, output_text
 from featurelm.serving import problems
 from featurelm.serving.auth import Caller, CallerDep, resolve_caller
 from featurelm.serving.idempotency import HEADER as IDEMPOTENCY_HEADER
-from featurelm.serving.idempotency import Stored
+from featurelm.serving.idempotency import Stored, check_key
 from featurelm.serving.logs import ROUTE
 from featurelm.serving.models import FeatureContract, FeatureList, FeatureSummary
 from featurelm.serving.state import Services, services
@@ -96,20 +96,30 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+def _counted(svc: Services, feature: LoadedFeature, exc: Exception) -> None:
+    """Count a failed call in the validation metrics (JSON, batch and streams alike)."""
+    if isinstance(exc, InputError) and exc.status == 422:
+        svc.metrics.on_input_refused(feature.name)
+    elif isinstance(exc, OutputError):
+        svc.metrics.on_output_failed(feature.name, len(exc.attempts))
+
+
 async def _run(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
                options: RunOptions) -> Result:
     try:
         result = await svc.engine.run_feature(feature, input, tenant=caller.tenant,
                                               options=options)
-    except InputError as exc:
-        if exc.status == 422:
-            svc.metrics.on_input_refused(feature.name)
-        raise
-    except OutputError as exc:
-        svc.metrics.on_output_failed(feature.name, len(exc.attempts))
+    except (InputError, OutputError) as exc:
+        _counted(svc, feature, exc)
         raise
     await _account(svc, caller, result)
     return result
+
+
+def _result_body(result: Result) -> bytes:
+    """The body of a 200 answer, and of a stream's `result` event (a replay shows either)."""
+    return json.dumps({"output": result.output, "meta": result.meta.as_dict()},
+                      ensure_ascii=False).encode()
 
 
 async def _account(svc: Services, caller: Caller, result: Result) -> None:
@@ -118,15 +128,20 @@ async def _account(svc: Services, caller: Caller, result: Result) -> None:
         await svc.limiter.spend(caller.tenant, result.meta.tokens_in + result.meta.tokens_out)
 
 
-async def _idempotent(svc: Services, caller: Caller, request: Request, raw: bytes,
-                      produce: Callable[[], Awaitable[Stored]]) -> Response:
+async def _once(svc: Services, caller: Caller, request: Request, raw: bytes,
+                produce: Callable[[], Awaitable[Stored]]) -> Stored:
+    """`produce()`, or with an Idempotency-Key the first answer to this key and body."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
-        stored = await produce()
-    else:
-        # The route is part of the body hash: one key cannot replay across endpoints.
-        stored = await svc.idempotency.run(caller.tenant, key,
-                                           request.url.path.encode() + b"\0" + raw, produce)
+        return await produce()
+    # The route is part of the body hash: one key cannot replay across endpoints.
+    return await svc.idempotency.run(caller.tenant, key,
+                                     request.url.path.encode() + b"\0" + raw, produce)
+
+
+async def _idempotent(svc: Services, caller: Caller, request: Request, raw: bytes,
+                      produce: Callable[[], Awaitable[Stored]]) -> Response:
+    stored = await _once(svc, caller, request, raw, produce)
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
     return Response(stored.body, status_code=stored.status, media_type="application/json",
                     headers=headers)
@@ -147,36 +162,67 @@ async def call_feature(svc: Services, name: str, request: Request, caller: Calle
     options = parse_options(data.get("options"))
     feature = await _admit(svc, caller, name, 1)
     if SSE in request.headers.get("accept", ""):
-        return _stream(svc, caller, feature, data["input"], options)
+        return _stream(svc, caller, feature, data["input"], options, request, raw)
 
     async def produce() -> Stored:
         result = await _run(svc, caller, feature, data["input"], options)
-        body = {"output": result.output, "meta": result.meta.as_dict()}
-        return Stored(200, json.dumps(body, ensure_ascii=False).encode())
+        return Stored(200, _result_body(result))
 
     return await _idempotent(svc, caller, request, raw, produce)
 
 
 def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
-            options: RunOptions) -> StreamingResponse:
-    # Constructing the stream validates input and budget: those errors are plain 4xx answers.
-    stream = FeatureStream(svc.engine, feature, input, tenant=caller.tenant, options=options)
+            options: RunOptions, request: Request, raw: bytes) -> StreamingResponse:
+    """The call as server-sent events, on the same pipeline (cache, coalescing, usage) and
+    under the same Idempotency-Key as a JSON call: a replay, or a cache hit, streams the
+    stored output as one delta."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None:
+        check_key(key)  # a malformed key is a plain 422, like any request error
+    try:
+        # Constructing the stream validates input and budget: those errors are plain 4xx.
+        stream = FeatureStream(svc.engine, feature, input, tenant=caller.tenant,
+                               options=options)
+    except InputError as exc:
+        _counted(svc, feature, exc)
+        raise
+    deltas: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def produce() -> Stored:
+        async for event in stream.events():
+            if isinstance(event, Delta):
+                deltas.put_nowait(_sse("delta", {"attempt": event.attempt, "text": event.text}))
+            else:
+                await _account(svc, caller, event.result)
+                return Stored(200, _result_body(event.result))
+        raise AssertionError("a feature stream ends with its result")  # pragma: no cover
 
     async def events() -> AsyncIterator[bytes]:
         yield _sse("progress", {"stage": "started", "feature": feature.name})
+        task = asyncio.create_task(_once(svc, caller, request, raw, produce))
         try:
-            async for event in stream.events():
-                if isinstance(event, Delta):
-                    yield _sse("delta", {"attempt": event.attempt, "text": event.text})
+            while not task.done() or not deltas.empty():
+                if deltas.empty():
+                    getter = asyncio.ensure_future(deltas.get())
+                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
+                    yield getter.result()
                 else:
-                    await _account(svc, caller, event.result)
-                    yield _sse("result", {"output": event.result.output,
-                                          "meta": event.result.meta.as_dict()})
+                    yield deltas.get_nowait()
+            stored = task.result()
+            if stored.replayed:
+                yield _sse("progress", {"stage": "replayed", "feature": feature.name})
+                yield _sse("delta", {"attempt": 1,
+                                     "text": output_text(json.loads(stored.body)["output"])})
+            yield b"event: result\ndata: " + stored.body + b"\n\n"
         except Exception as exc:
-            if isinstance(exc, OutputError):
-                svc.metrics.on_output_failed(feature.name, len(exc.attempts))
+            _counted(svc, feature, exc)
             _, body, _ = problems.from_exception(exc)
             yield _sse("error", body)
+        finally:
+            task.cancel()
 
     return StreamingResponse(events(), media_type=SSE,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

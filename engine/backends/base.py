@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from featurelm.engine.types import Capabilities, Completion, CompletionRequest
+from featurelm.engine.types import Capabilities, Completion, CompletionRequest, Usage
 
 
 @runtime_checkable
@@ -24,6 +24,7 @@ class Backend(Protocol):
 
 @runtime_checkable
 class StreamingBackend(Backend, Protocol):
-    """A backend that can yield the completion text as it is generated."""
+    """A backend that can yield the completion text as it is generated. A stream may end
+    with the provider's `Usage` for the call; without one the engine counts the tokens."""
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]: ...

@@ -8,8 +8,7 @@ Every request it receives is kept in `requests`, so tests can assert on what was
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,17 +64,22 @@ class ScriptedBackend:
             raise reply
         return reply
 
+    @staticmethod
+    def _usage(request: CompletionRequest, text: str) -> Usage:
+        # A stand-in count, the same whether the reply is streamed or not (as a provider's).
+        prompt_chars = sum(len(m.content) for m in request.messages)
+        return Usage(prompt_tokens=prompt_chars // 4 + 1, completion_tokens=len(text) // 4 + 1)
+
     async def complete(self, request: CompletionRequest) -> Completion:
         text = await self._reply(request)
-        prompt_chars = sum(len(m.content) for m in request.messages)
         return Completion(text=text, backend=self.name, model=self.model,
-                          usage=Usage(prompt_tokens=prompt_chars // 4 + 1,
-                                      completion_tokens=len(text) // 4 + 1))
+                          usage=self._usage(request, text))
 
-    async def stream(self, request: CompletionRequest) -> Any:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         text = await self._reply(request)
         for start in range(0, len(text), 8):
             yield text[start:start + 8]
+        yield self._usage(request, text)  # last, as OpenAI-style servers report it
 
     async def aclose(self) -> None:
         return None

@@ -1,7 +1,7 @@
 """Dispatching calls to backends: fallback chains, retries, deadlines, circuit breakers."""
 
 from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from featurelm.engine.dispatch.dispatcher import CallRecord, Dispatched, Dispatcher
+from featurelm.engine.dispatch.dispatcher import CallRecord, Dispatched, Dispatcher, TextSink
 from featurelm.engine.dispatch.retry import RetryPolicy
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "Dispatched",
     "Dispatcher",
     "RetryPolicy",
+    "TextSink",
 ]

@@ -23,10 +23,12 @@ from featurelm.engine.costs import cost_usd
 from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from featurelm.engine.dispatch.retry import RetryPolicy
 from featurelm.engine.errors import BackendError, ContractError, ContractIssue, TooLargeError
-from featurelm.engine.tokens import count_prompt_tokens, prompt_token_bound
+from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens, prompt_token_bound
 from featurelm.engine.types import Completion, CompletionRequest, Usage
 
 T = TypeVar("T")
+#: Receives a reply's text as it is generated (see `Dispatcher.dispatch`).
+TextSink = Callable[[str], Awaitable[None]]
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_BREAKER = BreakerPolicy()
 
@@ -72,6 +74,8 @@ class _Run:
         self.last_backend: str | None = None
         #: After a context-length error, only backends with a larger window are worth trying.
         self.window_floor = 0
+        #: Whether the current attempt has handed text to the caller (it cannot be taken back).
+        self.sent = False
 
     def candidates(self, names: list[str]) -> Iterator[tuple[str, Backend]]:
         for name in names:
@@ -248,8 +252,15 @@ class Dispatcher:
         return (await self.dispatch(route, request, deadline=deadline)).completion
 
     async def dispatch(self, route: str, request: CompletionRequest, *,
-                       deadline: float | None = None) -> Dispatched:
-        """Like `complete`, with the usage record of the call."""
+                       deadline: float | None = None,
+                       on_text: TextSink | None = None) -> Dispatched:
+        """Like `complete`, with the usage record of the call (made here, once per upstream
+        call, and passed to `on_call`).
+
+        With `on_text`, the reply's text goes to it as it is generated: a streaming backend
+        streams, any other sends its whole reply once it has it. Failures before the first
+        chunk retry and fall back as usual; after it they are raised. Either way the returned
+        completion names the backend that produced the text."""
         run = _Run(self, route, request,
                    self.deadline_for(route) if deadline is None else deadline)
         try:
@@ -258,8 +269,12 @@ class Dispatcher:
                 while True:
                     attempt = run.attempt_request(name)
                     try:
-                        completion = await run.guard(name, backend.complete(attempt))
+                        completion = await self._attempt(run, name, backend, attempt, on_text)
                     except BackendError as error:
+                        if run.sent:
+                            # The caller has shown this attempt's text: no retry, no fallback.
+                            self.breakers[name].record_failure()
+                            raise
                         if await run.should_retry(name, error, retry):
                             retry += 1
                             continue
@@ -268,57 +283,51 @@ class Dispatcher:
                         self.breakers[name].release()
                         raise
                     self.breakers[name].record_success()
-                    return Dispatched(completion, run.record(completion, None))
+                    record = run.record(completion, None)
+                    if on_text is not None and not run.sent:
+                        await on_text(completion.text)  # a backend that cannot stream
+                    return Dispatched(completion, record)
             raise run.final_error()
         except BackendError as error:
             run.record(None, error)
             raise
 
-    async def stream(self, route: str, request: CompletionRequest, *,
-                     deadline: float | None = None) -> AsyncIterator[str]:
-        """Text chunks from the first streaming backend that starts answering. Failures before
-        the first chunk fall back like `complete`; after it, they are raised (no retry)."""
-        run = _Run(self, route, request,
-                   self.deadline_for(route) if deadline is None else deadline)
-        names = [n for n in self.ensure_fits(route, request)
-                 if isinstance(self.backends[n], StreamingBackend)
-                 and self.backends[n].capabilities.streaming]
-        if not names:
-            completion = await self.complete(route, request, deadline=run.deadline)
-            yield completion.text
-            return
-        for name, backend in run.candidates(names):
-            assert isinstance(backend, StreamingBackend)
-            retry = 0
+    async def _attempt(self, run: _Run, name: str, backend: Backend,
+                       request: CompletionRequest, on_text: TextSink | None) -> Completion:
+        """One upstream call: streamed into `on_text` where the backend can, else complete."""
+        run.sent = False
+        if on_text is None or not _streams(backend):
+            return await run.guard(name, backend.complete(request))
+        assert isinstance(backend, StreamingBackend)
+        chunks = backend.stream(request).__aiter__()
+        parts: list[str] = []
+        usage: Usage | None = None
+        try:
             while True:
-                chunks = backend.stream(run.attempt_request(name)).__aiter__()
-                started = False
                 try:
-                    while True:
-                        try:
-                            chunk = await run.guard(name, chunks.__anext__())
-                        except StopAsyncIteration:
-                            break
-                        started = True
-                        yield chunk
-                except BackendError as error:
-                    if started:
-                        self.breakers[name].record_failure()
-                        raise
-                    if await run.should_retry(name, error, retry):
-                        retry += 1
-                        continue
+                    item = await run.guard(name, chunks.__anext__())
+                except StopAsyncIteration:
                     break
-                except BaseException:
-                    self.breakers[name].release()
-                    raise
-                finally:
-                    aclose = getattr(chunks, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                self.breakers[name].record_success()
-                return
-        raise run.final_error()
+                if isinstance(item, Usage):
+                    usage = item  # the provider counted: its numbers, as for `complete`
+                    continue
+                parts.append(item)
+                run.sent = True
+                await on_text(item)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        text = "".join(parts)
+        if usage is None:
+            tokenizer = backend.capabilities.tokenizer
+            usage = Usage(count_prompt_tokens(request.messages, tokenizer),
+                          count_text_tokens(text, tokenizer))
+        return Completion(text=text, backend=name, model=backend.model, usage=usage)
 
 
-__all__ = ["CallRecord", "Dispatched", "Dispatcher"]
+def _streams(backend: Backend) -> bool:
+    return isinstance(backend, StreamingBackend) and backend.capabilities.streaming
+
+
+__all__ = ["CallRecord", "Dispatched", "Dispatcher", "TextSink"]

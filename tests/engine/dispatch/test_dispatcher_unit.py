@@ -81,10 +81,13 @@ async def test_a_stream_that_breaks_after_its_first_chunk_is_not_retried():
     mid, spare = BreaksMidStream(), ScriptedBackend(["spare"], name="spare")
     dispatcher = Dispatcher({"mid": mid, "spare": spare},
                             {"r": RouteConfig(backends=["mid", "spare"], retries=3)}, retry=FAST)
-    received = []
+    received: list[str] = []
+
+    async def show(text: str) -> None:
+        received.append(text)
+
     with pytest.raises(BackendError):
-        async for chunk in dispatcher.stream("r", REQUEST, deadline=time.monotonic() + 5):
-            received.append(chunk)
+        await dispatcher.dispatch("r", REQUEST, deadline=time.monotonic() + 5, on_text=show)
     assert received == ["first chunk"]
     assert mid.calls == 1 and spare.calls == 0
 
@@ -92,9 +95,15 @@ async def test_a_stream_that_breaks_after_its_first_chunk_is_not_retried():
 async def test_streaming_retries_a_backend_that_fails_before_its_first_chunk():
     backend = ScriptedBackend(flaky(1, "streamed reply"), name="b")
     dispatcher = Dispatcher({"b": backend}, {"r": RouteConfig(backends=["b"])}, retry=FAST)
-    chunks = [c async for c in dispatcher.stream("r", REQUEST, deadline=time.monotonic() + 5)]
-    assert "".join(chunks) == "streamed reply"
-    assert backend.calls == 2
+    chunks: list[str] = []
+
+    async def show(text: str) -> None:
+        chunks.append(text)
+
+    dispatched = await dispatcher.dispatch("r", REQUEST, deadline=time.monotonic() + 5,
+                                           on_text=show)
+    assert "".join(chunks) == dispatched.completion.text == "streamed reply"
+    assert len(chunks) > 1 and backend.calls == 2
 
 
 def test_routes_must_name_known_backends():
