@@ -6,26 +6,35 @@ The public Python API for product code that calls features in-process (docs/pyth
         result = await engine.run("classify_ticket", {"subject": "...", "body": "..."})
         result.output, result.meta.backend
 
-Everything named in `__all__` is stable; other modules are the engine's internals.
+Everything named in `__all__` is stable; other modules are the engine's internals, except for
+the extension points docs/python.md lists (for serving, evals and the command line).
 """
 
-from featurelm.engine import (
+from featurelm.engine.engine import Engine, Meta, Result, RunOptions
+from featurelm.engine.errors import (
+    Attempt,
     BackendError,
+    BackendTimeout,
     ContractError,
-    Engine,
+    ContractIssue,
     FeaturelmError,
     InputError,
-    Meta,
     NotFoundError,
     OutputError,
-    Result,
-    RunOptions,
+    SchemaViolation,
+    TooLargeError,
+    UnavailableError,
 )
 from featurelm.engine.stats import EngineStats
 
+# Errors an in-process call can raise (the HTTP-only ones, such as rate limits and API key
+# refusals, belong to the server), and the records their attributes hold.
 __all__ = [
+    "Attempt",
     "BackendError",
+    "BackendTimeout",
     "ContractError",
+    "ContractIssue",
     "Engine",
     "EngineStats",
     "FeaturelmError",
@@ -35,4 +44,7 @@ __all__ = [
     "OutputError",
     "Result",
     "RunOptions",
+    "SchemaViolation",
+    "TooLargeError",
+    "UnavailableError",
 ]

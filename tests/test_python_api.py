@@ -43,12 +43,13 @@ def test_the_docs_example_runs_and_prints_what_the_page_says(tmp_path: Path) -> 
 
 def test_all_names_exactly_what_product_code_imports() -> None:
     assert {"Engine", "RunOptions", "Result", "Meta", "EngineStats", "FeaturelmError",
-            "ContractError", "InputError", "NotFoundError", "BackendError",
-            "OutputError"} <= set(featurelm.__all__)
+            "ContractError", "InputError", "TooLargeError", "NotFoundError", "BackendError",
+            "BackendTimeout", "OutputError", "UnavailableError"} <= set(featurelm.__all__)
     assert sorted(featurelm.__all__) == featurelm.__all__
     missing = [name for name in featurelm.__all__ if not hasattr(featurelm, name)]
     assert missing == []
-    for typed in (featurelm.Result, featurelm.Meta, featurelm.RunOptions, featurelm.EngineStats):
+    for typed in (featurelm.Result, featurelm.Meta, featurelm.RunOptions, featurelm.EngineStats,
+                  featurelm.SchemaViolation, featurelm.Attempt, featurelm.ContractIssue):
         assert dataclasses.is_dataclass(typed)
     errors = [getattr(featurelm, n) for n in featurelm.__all__ if n.endswith("Error")]
     assert all(issubclass(e, featurelm.FeaturelmError) for e in errors)
