@@ -79,6 +79,9 @@ class HttpConfig(Strict):
         3.0, ge=0, le=300,
         description="After SIGTERM, /readyz answers 503 this long before the server stops "
                     "accepting connections, so the load balancer stops sending first.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="A request body that stops arriving for this long "
+        "gets 408 and the connection is closed (half-open and stalled clients).")
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="Then in-flight requests get this long to finish.")
 

@@ -22,6 +22,7 @@ import functools
 import itertools
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,7 +55,7 @@ ALLOWED_FILTERS = frozenset({
     "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
     "replace", "reverse", "round", "select", "selectattr", "sort", "string", "striptags",
     "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "urlencode", "wordcount",
-    "center", "indent", "wordwrap", "batch", "slice", "items",
+    "center", "indent", "wordwrap", "batch", "slice", "items", "neutralize",
 })
 BLOCKED_ATTRIBUTES = frozenset({"format", "format_map", "mro", "gi_frame", "cr_frame",
                                 "f_globals", "func_globals"})
@@ -211,6 +212,29 @@ def _bounded_width(limit: int, name: str) -> Callable[..., Any]:
     return check
 
 
+#: Characters that render as nothing: they hide a tag from an escape (`<\u200b/ticket>`).
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+#: Look-alikes of '<', '/' and '>' (full-width, small and mathematical forms) and the
+#: characters they stand for.
+_LOOKALIKES = str.maketrans({"\uff1c": "<", "\ufe64": "<", "\u2039": "<", "\u27e8": "<",
+                             "\uff0f": "/", "\u2215": "/", "\u2044": "/",
+                             "\uff1e": ">", "\ufe65": ">", "\u203a": ">", "\u27e9": ">"})
+#: A closing tag in any spacing: `</x`, `< /x`, `<  / x`.
+_CLOSING = re.compile(r"<\s*/")
+#: Chat-template control tokens (ChatML, Llama, Gemma, Mistral) a model may obey as turns.
+_SPECIAL = re.compile(r"<\|[^|<>]{0,40}\|>|</?(start_of_turn|end_of_turn|s|bos|eos)>"
+                      r"|\[/?INST\]|\[/?SYS\]|<</?SYS>>", re.IGNORECASE)
+
+
+def neutralize(value: Any) -> str:
+    r"""Caller text made safe to place between tags: invisible characters removed, look-alike
+    brackets normalized, every closing tag escaped (`<\/`), chat control tokens broken up
+    (`<|im_end|>` -> `<\|im_end|>`), so no spelling of them ends the block or a turn."""
+    text = _INVISIBLE.sub("", str(value)).translate(_LOOKALIKES)
+    text = _SPECIAL.sub(lambda m: m.group(0)[0] + "\\" + m.group(0)[1:], text)
+    return _CLOSING.sub("<\\/", text)
+
+
 def _make_environment(prompts_dir: Path | None, limits: RenderLimits) -> _BoundedEnvironment:
     env = _BoundedEnvironment(
         limits,
@@ -262,10 +286,11 @@ def _make_environment(prompts_dir: Path | None, limits: RenderLimits) -> _Bounde
         return call
 
     filters["replace"] = replace
-    for name in ("center", "indent", "wordwrap", "batch", "slice", "truncate"):
-        filters[name] = widthed(name)
+    filters["neutralize"] = neutralize
     for name in ("indent", "wordwrap"):
-        filters[name] = sized_lines(name, filters[name])
+        original[name] = sized_lines(name, original[name])
+    for name in ("center", "indent", "wordwrap", "batch", "slice", "truncate"):
+        filters[name] = widthed(name)  # widths first: the clearer refusal
     filters["join"] = functools.wraps(original["join"])(join)
     env.filters = filters
     return env

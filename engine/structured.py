@@ -30,7 +30,7 @@ log = logging.getLogger("featurelm.engine")
 class CompleteFn(Protocol):
     """One completion; `skip` names backends to pass over while another one can answer."""
 
-    async def __call__(self, request: CompletionRequest, *,
+    async def __call__(self, request: CompletionRequest, /, *,
                        skip: frozenset[str] = frozenset()) -> Completion: ...
 
 

@@ -61,6 +61,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
     # Innermost first. Feature calls are answered ahead of FastAPI's router; the request id
     # (outermost) covers them and the body-limit refusals too.
     app.add_middleware(features.FeatureCalls, svc=svc)
-    app.add_middleware(BodyLimitMiddleware, limit=config.http.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=config.http.max_body_bytes,
+                       timeout_s=config.http.body_timeout_s)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -261,6 +261,15 @@ async def call_batch(svc: Services, name: str, request: Request, caller: Caller)
 PREFIX = "/v1/features/"
 
 
+def json_media_type(content_type: str | None) -> bool:
+    """True for a JSON body (application/json, application/*+json) or none declared."""
+    if content_type is None:
+        return True
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
 class FeatureCalls:
     """Serves `POST /v1/features/{name}` and `POST /v1/features/{name}/batch` ahead of
     FastAPI's router, which would try every route in turn and resolve dependencies on each
@@ -289,6 +298,12 @@ class FeatureCalls:
                                    headers={"Allow": "POST"})(scope, receive, send)
             return
         request = Request(scope, receive)
+        if not json_media_type(request.headers.get("content-type")):
+            # A form or text body is refused unread: a browser may send those cross-site
+            # without a CORS preflight.
+            await problems.problem(415, "Unsupported media type", "media-type",
+                                   "send the body as application/json")(scope, receive, send)
+            return
         try:
             caller = await resolve_caller(self.svc, request.headers.get("authorization"))
             request.state.tenant = caller.tenant

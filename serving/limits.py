@@ -6,6 +6,7 @@ keyed by the tenant the API key resolved to; anonymous calls (auth: off) share o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -24,12 +25,20 @@ def _too_large(limit: int) -> BodyTooLargeError:
     return BodyTooLargeError(f"the request body is over the {limit}-byte limit")
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes: at once on Content-Length, else as they stream in."""
+class _BodyTimedOut(BaseException):
+    """Raised from `receive` when a body stops arriving (a BaseException: no handler on the
+    way may turn it into an error response of its own)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes: at once on Content-Length, else as they stream in;
+    and bodies that stop arriving for `timeout_s` (a half-open or stalled client would
+    otherwise hold its request, and a worker's memory, forever)."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,10 +56,19 @@ class BodyLimitMiddleware:
         received = 0
         started = False
 
+        complete = False
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()  # waiting for a disconnect (a stream): no bound
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimedOut from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     # Raised from `receive`: the app unwinds and this middleware answers.
@@ -68,6 +86,10 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await self._refuse(scope, send)
+        except _BodyTimedOut:
+            if not started:
+                await _send_problem(send, 408, "Request timeout", "timeout",
+                                    f"the request body stopped arriving for {self.timeout_s:g}s")
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         status, body, _ = problems.from_exception(_too_large(self.limit))
@@ -77,6 +99,14 @@ class BodyLimitMiddleware:
             (b"content-length", str(len(data)).encode()),
             (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": data})
+
+
+async def _send_problem(send: Send, status: int, title: str, kind: str, detail: str) -> None:
+    data = json.dumps(problems.body(status, title, kind, detail)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", problems.MEDIA_TYPE.encode()),
+        (b"content-length", str(len(data)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": data})
 
 
 def _retry_after(window_s: int, now: float) -> int:

@@ -26,10 +26,14 @@ log = logging.getLogger("featurelm.serving")
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float,
+                 engine: Engine | None = None) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.drain_s = drain_s
+        self.engine = engine
+        #: True when a dependency needed at start (the store) failed: the process exits 1.
+        self.failed = False
         self._stop_at: float | None = None
         self._announced = False
 
@@ -43,6 +47,17 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.engine is not None:
+            # Connected here, before the app's lifespan, so a store that cannot be reached is
+            # one log line and exit status 1, not the lifespan's multi-line traceback.
+            try:
+                await self.engine.start()
+            except Exception as exc:
+                log.error("cannot start: %s", " ".join(str(exc).split())[:500] or
+                          type(exc).__name__)
+                self.failed = self.should_exit = True
+                await self.engine.aclose()
+                return
         await super().startup(sockets)
         tune_gc()
 
@@ -89,5 +104,6 @@ def serve(*, config: str | None, host: str, port: int,
                                log_config=None, access_log=False, server_header=False,
                                ws="none",  # no WebSocket endpoints: skip loading a library
                                timeout_graceful_shutdown=int(max(1, http.shutdown_grace_s)))
-    DrainingServer(uv_config, lifecycle, http.drain_s).run()
-    return 0
+    server = DrainingServer(uv_config, lifecycle, http.drain_s, engine)
+    server.run()
+    return 1 if server.failed else 0

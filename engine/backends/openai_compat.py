@@ -256,6 +256,12 @@ class OpenAICompatBackend:
                     raw = await response.read()
                     raise ProviderStatusError(response.status, raw.decode(errors="replace"),
                                               dict(response.headers))
+                if response.content_type == "application/json":
+                    # A server that ignores `stream: true` answers with one plain completion.
+                    text, _, _, _ = parse_completion(json.loads(await response.read()))
+                    if text:
+                        yield text
+                    return
                 async for raw_line in response.content:
                     line = raw_line.decode().strip()
                     if not line.startswith("data:"):

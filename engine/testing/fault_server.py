@@ -171,8 +171,10 @@ class FaultServer:
 
     def __init__(self, plan: FaultPlan | None = None, *, reply: ReplyFunction | None = None,
                  latency: float = 0.0, model: str = "fault-model", include_usage: bool = True,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, ignore_stream: bool = False):
         self.plan = plan or FaultPlan()
+        #: Answer `stream: true` with one plain JSON completion, as some servers do.
+        self.ignore_stream = ignore_stream
         self.reply = reply or default_reply
         self.latency = latency
         self.model = model
@@ -360,7 +362,7 @@ class FaultServer:
             await self._send(conn, writer, 200, MALFORMED_BODY.encode())
             return True
         text = SCHEMA_VIOLATION if fault.kind == "schema_violation" else self.reply(body)
-        if body.get("stream"):
+        if body.get("stream") and not self.ignore_stream:
             await self._stream(conn, writer, text)
         else:
             await self._send(conn, writer, 200, json.dumps(self._completion(body, text)).encode())
