@@ -31,6 +31,7 @@ from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefus
 from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
 from featurelm.engine.stats import EngineStats
 from featurelm.engine.structured import generate_structured
+from featurelm.engine.text import describe, lone_surrogate_path
 from featurelm.engine.types import Completion, CompletionRequest
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class Engine:
         self.renderer = PromptRenderer(
             config.path(config.prompts_dir),
             RenderLimits(limits.max_template_chars, limits.max_rendered_chars,
-                         limits.render_timeout_s))
+                         limits.render_timeout_s, limits.render_memory_chars))
         self.registry = FeatureRegistry.load(config, self.renderer)
         self.dispatcher = Dispatcher.from_config(config, backend_wrapper=backend_wrapper,
                                                  on_call=self._record_call)
@@ -160,7 +161,8 @@ class Engine:
                     from featurelm.engine.store import Store
 
                     try:
-                        self._store = await Store.connect(self._store_url())
+                        self._store = await Store.connect(
+                            self._store_url(), timeout_s=self._config.store_timeout_s)
                     except Exception:
                         self._store_connect_failures += 1
                         raise
@@ -288,6 +290,8 @@ class Engine:
         if json_depth(input) > MAX_INSTANCE_DEPTH:
             raise InputError("input is nested too deeply", [SchemaViolation(
                 "$", f"nested deeper than {MAX_INSTANCE_DEPTH} levels")])
+        if (bad := lone_surrogate_path(input)) is not None:
+            raise InputError("input holds invalid Unicode", [SchemaViolation(bad, describe(bad))])
         try:
             # canonical_json's bytes, counted without building the bytes (it is pure ASCII).
             size = len(_CANONICAL_JSON.encode(input))
@@ -373,11 +377,12 @@ class Engine:
             cost = 0.0
             attempt = 0
 
-            async def complete(req: CompletionRequest) -> Completion:
+            async def complete(req: CompletionRequest, *,
+                               skip: frozenset[str] = frozenset()) -> Completion:
                 nonlocal cost, attempt
                 attempt += 1
                 sink = None if on_text is None else _attempt_sink(on_text, attempt)
-                dispatched = await self.dispatcher.dispatch(call.route, req,
+                dispatched = await self.dispatcher.dispatch(call.route, req, skip=skip,
                                                             deadline=call.deadline, on_text=sink)
                 cost += dispatched.record.cost_usd
                 return dispatched.completion

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -76,9 +76,13 @@ class _Run:
         self.window_floor = 0
         #: Whether the current attempt has handed text to the caller (it cannot be taken back).
         self.sent = False
+        self.after = 0
+        self.attempt_until = deadline
 
     def candidates(self, names: list[str]) -> Iterator[tuple[str, Backend]]:
-        for name in names:
+        for position, name in enumerate(names):
+            #: Backends after this one, each owed a share of the time left (see attempt_until).
+            self.after = len(names) - position - 1
             backend = self.d.backends[name]
             if backend.capabilities.context_window <= self.window_floor:
                 continue
@@ -94,12 +98,16 @@ class _Run:
             raise self.deadline_error(name)
         self.attempts += 1
         self.last_backend = name
-        return dataclasses.replace(self.request, timeout=remaining)
+        self.attempt_until = time.monotonic() + remaining / (1 + self.after)
+        return dataclasses.replace(self.request, timeout=self.attempt_until - time.monotonic())
 
-    async def guard(self, name: str, call: Awaitable[T]) -> T:
-        """Await `call` within the time left; a backend ignoring its timeout still stops."""
+    async def guard(self, name: str, call: Awaitable[T], *, whole_deadline: bool = False) -> T:
+        """Await `call` within this attempt's share of the time left; a backend ignoring its
+        timeout still stops. An attempt gets the time left divided among itself and the
+        backends after it on the route, so a hung backend cannot starve its fallbacks."""
+        until = self.deadline if whole_deadline else self.attempt_until
         with mapped_errors(name):
-            async with asyncio.timeout(self.deadline - time.monotonic()):
+            async with asyncio.timeout(until - time.monotonic()):
                 return await call
 
     async def should_retry(self, name: str, error: BackendError, retry: int) -> bool:
@@ -117,6 +125,8 @@ class _Run:
         if (not error.retryable or retry >= self.d.route(self.route).retries
                 or breaker.state is not BreakerState.CLOSED):
             return False
+        if error.timeout and self.after:
+            return False  # a backend that ran out its share: the next one gets the time
         wait = self.d.retry.delay(retry, error, self.d.rng)
         if time.monotonic() + wait >= self.deadline:
             return False  # waiting would spend the whole deadline: try the next backend now
@@ -253,9 +263,12 @@ class Dispatcher:
 
     async def dispatch(self, route: str, request: CompletionRequest, *,
                        deadline: float | None = None,
+                       skip: frozenset[str] = frozenset(),
                        on_text: TextSink | None = None) -> Dispatched:
         """Like `complete`, with the usage record of the call (made here, once per upstream
-        call, and passed to `on_call`).
+        call, and passed to `on_call`). Backends in `skip` are tried only if no other backend
+        on the route fits (structured output moves past a backend whose replies keep failing
+        the schema).
 
         With `on_text`, the reply's text goes to it as it is generated: a streaming backend
         streams, any other sends its whole reply once it has it. Failures before the first
@@ -264,7 +277,8 @@ class Dispatcher:
         run = _Run(self, route, request,
                    self.deadline_for(route) if deadline is None else deadline)
         try:
-            for name, backend in run.candidates(self.ensure_fits(route, request)):
+            for name, backend in run.candidates(_without(self.ensure_fits(route, request),
+                                                         skip)):
                 retry = 0
                 while True:
                     attempt = run.attempt_request(name)
@@ -305,7 +319,8 @@ class Dispatcher:
         try:
             while True:
                 try:
-                    item = await run.guard(name, chunks.__anext__())
+                    # The attempt's share of the time until the first chunk; then the deadline.
+                    item = await run.guard(name, chunks.__anext__(), whole_deadline=run.sent)
                 except StopAsyncIteration:
                     break
                 if isinstance(item, Usage):
@@ -328,6 +343,11 @@ class Dispatcher:
 
 def _streams(backend: Backend) -> bool:
     return isinstance(backend, StreamingBackend) and backend.capabilities.streaming
+
+
+def _without(names: list[str], skip: frozenset[str]) -> list[str]:
+    """`names` less `skip`, unless that leaves none."""
+    return [n for n in names if n not in skip] or names
 
 
 __all__ = ["CallRecord", "Dispatched", "Dispatcher", "TextSink"]
