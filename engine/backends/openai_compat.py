@@ -137,7 +137,10 @@ def chat_body(request: CompletionRequest, *, model: str, dialect: StructuredDial
     if send_cache_salt and request.cache_salt:
         body["cache_salt"] = request.cache_salt
     if stream:
+        # The last event then carries the server's own token counts (vLLM, OpenAI, llama.cpp
+        # server), so a stream is billed like the same call answered in one body.
         body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
     return body
 
 
@@ -163,7 +166,8 @@ def parse_completion(data: Any) -> tuple[str, str, Usage | None, str | None]:
             model if isinstance(model, str) else None)
 
 
-def _stream_delta(payload: str) -> str:
+def _stream_event(payload: str) -> tuple[str, Usage | None]:
+    """(text delta, usage if this event reports it) of one `data:` event of a stream."""
     data = json.loads(payload)
     if not isinstance(data, Mapping):
         raise MalformedResponse("stream event is not a JSON object")
@@ -172,7 +176,12 @@ def _stream_delta(payload: str) -> str:
     choices = data.get("choices") or []
     delta = choices[0].get("delta") if choices and isinstance(choices[0], Mapping) else None
     content = delta.get("content") if isinstance(delta, Mapping) else None
-    return content if isinstance(content, str) else ""
+    usage = None
+    raw_usage = data.get("usage")
+    if isinstance(raw_usage, Mapping) and isinstance(raw_usage.get("prompt_tokens"), int):
+        usage = Usage(prompt_tokens=raw_usage["prompt_tokens"],
+                      completion_tokens=int(raw_usage.get("completion_tokens") or 0))
+    return (content if isinstance(content, str) else ""), usage
 
 
 class OpenAICompatBackend:
@@ -247,7 +256,7 @@ class OpenAICompatBackend:
         return Completion(text=text, backend=self.name, model=model or self.model,
                           usage=usage, finish_reason=finish)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
             async with self._session().post(
                     f"{replica.url}/chat/completions", data=self._body(request, stream=True),
@@ -258,9 +267,11 @@ class OpenAICompatBackend:
                                               dict(response.headers))
                 if response.content_type == "application/json":
                     # A server that ignores `stream: true` answers with one plain completion.
-                    text, _, _, _ = parse_completion(json.loads(await response.read()))
+                    text, _, usage, _ = parse_completion(json.loads(await response.read()))
                     if text:
                         yield text
+                    if usage is not None:
+                        yield usage
                     return
                 async for raw_line in response.content:
                     line = raw_line.decode().strip()
@@ -269,8 +280,11 @@ class OpenAICompatBackend:
                     payload = line[5:].strip()
                     if payload == "[DONE]":
                         return
-                    if text := _stream_delta(payload):
+                    text, usage = _stream_event(payload)
+                    if text:
                         yield text
+                    if usage is not None:
+                        yield usage
 
     async def aclose(self) -> None:
         session = self._sessions.pop(asyncio.get_running_loop(), None)

@@ -363,7 +363,7 @@ class FaultServer:
             return True
         text = SCHEMA_VIOLATION if fault.kind == "schema_violation" else self.reply(body)
         if body.get("stream") and not self.ignore_stream:
-            await self._stream(conn, writer, text)
+            await self._stream(conn, writer, text, body)
         else:
             await self._send(conn, writer, 200, json.dumps(self._completion(body, text)).encode())
         return True
@@ -385,7 +385,7 @@ class FaultServer:
         return result
 
     async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                      text: str) -> None:
+                      text: str, body: Mapping[str, Any]) -> None:
         # No content-length: h11 sends the body chunked, as SSE servers do.
         writer.write(conn.send(h11.Response(status_code=200, headers=[
             ("content-type", "text/event-stream"), ("cache-control", "no-cache")])))
@@ -399,7 +399,15 @@ class FaultServer:
 
         pieces = [event({"role": "assistant", "content": ""})]
         pieces += [event({"content": text[i:i + 8]}) for i in range(0, len(text), 8)]
-        pieces += [event({}, "stop"), b"data: [DONE]\n\n"]
+        pieces += [event({}, "stop")]
+        options = body.get("stream_options")
+        if self.include_usage and isinstance(options, Mapping) and options.get("include_usage"):
+            # As OpenAI and vLLM do: one last chunk with no choices and the call's usage.
+            chunk = {"id": ident, "object": "chat.completion.chunk", "model": self.model,
+                     "created": int(time.time()), "choices": [],
+                     "usage": self._usage(body, text)}
+            pieces.append(f"data: {json.dumps(chunk)}\n\n".encode())
+        pieces.append(b"data: [DONE]\n\n")
         for piece in pieces:
             writer.write(conn.send(h11.Data(data=piece)))
             await writer.drain()

@@ -137,10 +137,27 @@ async def test_concurrent_load_follows_replica_weights(backends):
 
 async def test_streaming_yields_the_reply_in_chunks(fault_server, backends):
     backend = backends(fault_server.url)
-    chunks = [chunk async for chunk in backend.stream(request())]
+    items = [item async for item in backend.stream(request())]
+    chunks = [item for item in items if isinstance(item, str)]
     assert len(chunks) > 1
     assert json.loads("".join(chunks)) == {"label": "x"}
     assert fault_server.bodies[0]["stream"] is True
+
+
+async def test_a_stream_reports_the_servers_usage_like_the_same_call_in_one_body(
+        fault_server, backends):
+    backend = backends(fault_server.url)
+    whole = await backend.complete(request())
+    items = [item async for item in backend.stream(request())]
+    # The last item is the server's count, exactly what the one-body answer reported.
+    assert items[-1] == whole.usage
+    assert fault_server.bodies[1]["stream_options"] == {"include_usage": True}
+
+
+async def test_a_stream_from_a_server_without_usage_reports_none(backends):
+    with FaultServer(include_usage=False) as server:
+        items = [item async for item in backends(server.url).stream(request())]
+    assert all(isinstance(item, str) for item in items)
 
 
 async def test_streaming_maps_a_server_error(fault_server, backends):
@@ -254,7 +271,8 @@ def test_importing_the_adapter_does_not_import_litellm():
         "from featurelm.engine.backends import build_backend\n"
         "from featurelm.engine.config import BackendConfig, RouteConfig\n"
         "from featurelm.engine.dispatch import Dispatcher\n"
-        "import featurelm.engine.backends.openai_compat, featurelm.engine.costs, featurelm.engine.testing\n"
+        "import featurelm.engine.backends.openai_compat, featurelm.engine.costs\n"
+        "import featurelm.engine.testing\n"
         "b = build_backend('v', BackendConfig(kind='openai', model='m',"
         " options={'base_urls': ['http://127.0.0.1:1/v1']}))\n"
         "Dispatcher({'v': b}, {'default': RouteConfig(backends=['v'])})\n"
