@@ -33,6 +33,12 @@ OverridableField = Literal[
 ]
 
 
+#: `input` and `output` are JSON Schemas: published as such, editors check them as you type.
+_METASCHEMA: dict[str, Any] = {
+    "$ref": "https://json-schema.org/draft/2020-12/schema",
+    "additionalProperties": True}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,11 +120,20 @@ class FeatureSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(1, ge=1)
     description: str = ""
-    input: dict[str, Any] = Field(description="JSON Schema (2020-12) of the input object.")
-    output: dict[str, Any] = Field(description="JSON Schema (2020-12) of the output object.")
+    input: dict[str, Any] = Field(
+        description="JSON Schema of the input object (draft per `$schema`; 2020-12 by default).",
+        json_schema_extra=_METASCHEMA)
+    output: dict[str, Any] = Field(
+        description="JSON Schema of the output object (draft per `$schema`; 2020-12 by "
+                    "default).", json_schema_extra=_METASCHEMA)
     prompt: PromptSpec
     examples: list[Example] = Field(default_factory=list, max_length=32)
     model: ModelPolicy = Field(default_factory=ModelPolicy)
     cache: CachePolicy = Field(default_factory=CachePolicy)
     overridable: list[OverridableField] = Field(default_factory=list)
     evals: EvalPolicy = Field(default_factory=EvalPolicy)
+    formats: Literal["enforce", "ignore"] = Field(
+        "enforce",
+        description="'enforce': `format` (date, email, uri, ...) is checked on inputs, outputs "
+                    "and examples. 'ignore': `format` is dropped from both schemas, as served "
+                    "and as published in the OpenAPI spec.")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from featurelm.engine.backends import Backend
 from featurelm.engine.cache import BackendId, CacheEntry, CachePlan, ResultCache, build_store
+from featurelm.engine.capability import check_routes
 from featurelm.engine.config import EngineConfig, load_config
 from featurelm.engine.dispatch import BreakerState, CallRecord, Dispatcher, TextSink
 from featurelm.engine.errors import InputError, SchemaViolation, TooLargeError
@@ -32,6 +33,8 @@ from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
 from featurelm.engine.stats import EngineStats
 from featurelm.engine.structured import generate_structured
 from featurelm.engine.text import describe, lone_surrogate_path
+from featurelm.engine.traces import Trace, TraceWriter, current_trace
+from featurelm.engine.traces import begin as begin_trace
 from featurelm.engine.types import Completion, CompletionRequest
 
 if TYPE_CHECKING:
@@ -116,6 +119,8 @@ class PreparedCall:
     #: time.monotonic() when the call arrived, and when its deadline runs out.
     started: float
     deadline: float
+    #: The call's trace when it was sampled (traces: in featurelm.yaml), else None.
+    trace: Trace | None = None
 
 
 class Engine:
@@ -131,6 +136,10 @@ class Engine:
         self.dispatcher = Dispatcher.from_config(config, backend_wrapper=backend_wrapper,
                                                  on_call=self._record_call)
         self.backends: Mapping[str, Backend] = self.dispatcher.backends
+        #: How each backend on each feature's routes honours its output schema (see
+        #: engine.capability); a feature no backend on its route can serve fails the load.
+        self.route_plans = check_routes(self.registry.all(), config, self.backends,
+                                        self.renderer)
         #: Result cache (memory, none or Redis, per `cache:`); `cache.failures` counts the
         #: cache operations that failed and were served around.
         self.cache = ResultCache(build_store(config))
@@ -146,6 +155,10 @@ class Engine:
         self._store_connect_failures = 0
         self._overrides = Overrides(config, self.registry, self.renderer, self.store,
                                    refresh_s=config.override_refresh_s, eval_gate=eval_gate)
+        self._check_trace_features(config)
+        #: Samples calls for tracing and stores their traces in the background.
+        self.traces = TraceWriter(config.traces, self.registry.names(), self.store)
+        self._tracing = self.traces.enabled
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, *,
@@ -191,8 +204,22 @@ class Engine:
         if self.store_needed:
             await self.store()
 
+    def _check_trace_features(self, config: EngineConfig) -> None:
+        unknown = sorted(set(config.traces.features) - set(self.registry.names()))
+        if unknown:
+            from featurelm.engine.errors import ContractError, ContractIssue
+
+            raise ContractError([ContractIssue(
+                "featurelm.yaml", f"traces.features.{name}", "no such feature",
+                f"use one of: {', '.join(self.registry.names())}") for name in unknown])
+
+    async def flush_traces(self, timeout_s: float = 10.0) -> None:
+        """Wait until the traces of calls made so far are stored (tests, the CLI)."""
+        await self.traces.flush(timeout_s)
+
     async def aclose(self) -> None:
         try:
+            await self.traces.aclose()
             await self.cache.aclose()
             for backend in self.backends.values():
                 await backend.aclose()
@@ -270,6 +297,8 @@ class Engine:
         self._call_listeners.append(listener)
 
     def _record_call(self, record: CallRecord) -> None:
+        if self._tracing and (trace := current_trace.get()) is not None:
+            trace.on_dispatch(record)
         for listener in self._call_listeners:
             listener(record)
 
@@ -349,27 +378,87 @@ class Engine:
         """Everything checked before a backend is called: input, route, prompt, token budget,
         cache plan. Raises the caller's mistakes (InputError, TooLargeError) here, so a stream
         can answer them as a plain error before it starts."""
+        trace = None
+        if self._tracing and (settings := self.traces.sample(feature.name)) is not None:
+            trace = begin_trace(feature.name, feature.spec.version, feature.override_version,
+                                tenant, settings, input)
+        return self._prepare(feature, input, tenant, options or _DEFAULT_OPTIONS, trace)
+
+    def _prepare(self, feature: LoadedFeature, input: Any, tenant: str | None,
+                 options: RunOptions, trace: Trace | None) -> PreparedCall:
         started = time.monotonic()
-        options = options or _DEFAULT_OPTIONS
         self.validate_input(feature, input)
         route = self.route_for(feature, options)
+        if trace is not None:
+            trace.stage("input")
         request = self.build_request(feature, input, tenant=tenant, options=options)
+        if trace is not None:
+            trace.stage("render")
         self.check_budget(route, request)
+        if trace is not None:
+            trace.stage("budget")
         plan = self.cache.plan(feature, request, tenant=tenant, chain=self._chain(route),
                                read=options.cache_read, write=options.cache_write,
                                coalesce=options.coalesce)
+        if trace is not None:
+            trace.route = route
+            trace.set_messages(request.messages)
+            trace.stage("cache")
         return PreparedCall(feature, tenant, route, request, plan, started,
-                            started + self.config.limits.request_timeout_s)
+                            started + self.config.limits.request_timeout_s, trace)
+
+    async def explain(self, feature: LoadedFeature, input: Any, *, tenant: str | None = None,
+                      options: RunOptions | None = None) -> tuple[Result | None, Trace]:
+        """Run one call traced whatever the sample rate, and return its trace with the
+        result (None when the call failed; the trace says why). Nothing is stored."""
+        trace = begin_trace(feature.name, feature.spec.version, feature.override_version,
+                            tenant, self.traces.settings(feature.name), input)
+        try:
+            call = self._prepare(feature, input, tenant, options or _DEFAULT_OPTIONS, trace)
+            return await self._traced(call, None, trace, store=False), trace
+        except Exception as exc:
+            if trace.status == "ok":
+                trace.finish(error=exc)
+            return None, trace
 
     async def execute(self, call: PreparedCall, on_text: AttemptSink | None = None) -> Result:
         """Answer a prepared call: a cached result, an identical call in flight, or the
         route's backends until the output is schema-valid; then cache it. With `on_text`,
         each attempt's text goes to it as the model writes (a streamed call); usage and cost
         are recorded by the dispatcher, once per upstream call, either way."""
+        if call.trace is not None:
+            return await self._traced(call, on_text, call.trace, store=True)
+        return await self._execute(call, on_text)
+
+    async def _traced(self, call: PreparedCall, on_text: AttemptSink | None, trace: Trace, *,
+                      store: bool) -> Result:
+        token = current_trace.set(trace)
+        try:
+            result = await self._execute(call, on_text)
+        except Exception as exc:
+            trace.finish(error=exc)
+            raise
+        else:
+            meta = result.meta
+            trace.cached = meta.cached
+            trace.backend = meta.backend
+            trace.tokens_in, trace.tokens_out = meta.tokens_in, meta.tokens_out
+            trace.cost_usd = meta.cost_usd
+            trace.finish(output=result.output)
+            return result
+        finally:
+            current_trace.reset(token)
+            if store:
+                self.traces.submit(trace)
+
+    async def _execute(self, call: PreparedCall, on_text: AttemptSink | None) -> Result:
         plan = call.plan
         schema = call.feature.spec.output
+        trace = call.trace
         if plan.read:
             entry = await self.cache.lookup(plan, schema)
+            if trace is not None:
+                trace.stage("cache")
             if entry is not None:
                 return self._cached_result(call, entry)
 
@@ -382,13 +471,17 @@ class Engine:
                 nonlocal cost, attempt
                 attempt += 1
                 sink = None if on_text is None else _attempt_sink(on_text, attempt)
+                sent = time.perf_counter()
                 dispatched = await self.dispatcher.dispatch(call.route, req, skip=skip,
                                                             deadline=call.deadline, on_text=sink)
+                if trace is not None:
+                    trace.add_stage("upstream", time.perf_counter() - sent)
                 cost += dispatched.record.cost_usd
                 return dispatched.completion
 
-            result = await generate_structured(complete, call.request, schema,
-                                               call.feature.spec.model.max_attempts)
+            result = await generate_structured(
+                complete, call.request, schema, call.feature.spec.model.max_attempts,
+                on_attempt=None if trace is None else trace.on_attempt)
             completion = result.completion
             meta = self._meta(call, backend=completion.backend, model=completion.model,
                               attempts=result.attempts, tokens_in=result.tokens_in,
@@ -402,10 +495,14 @@ class Engine:
 
         if not plan.merge:
             return (await compute())[1]
+        waited = time.perf_counter()
         entry, own = await self.cache.coalesce(plan, compute, schema=schema,
                                                deadline=call.deadline)
         if own is not None:
             return own
+        if trace is not None:
+            trace.coalesced = True
+            trace.add_stage("queue", time.perf_counter() - waited)
         return self._cached_result(call, entry)
 
     def _chain(self, route: str) -> list[BackendId]:

@@ -20,7 +20,13 @@ from featurelm.engine.contracts import FeatureSpec
 from featurelm.engine.errors import ContractError, ContractIssue
 from featurelm.engine.prompts import CompiledTemplate, PromptRenderer, TemplateRefused
 from featurelm.engine.safe_yaml import load_yaml_file
-from featurelm.engine.schemas import schema_hash, schema_problems, violations
+from featurelm.engine.schemas import (
+    is_object_schema,
+    schema_hash,
+    schema_problems,
+    violations,
+    without_formats,
+)
 from featurelm.engine.types import Message
 
 SCHEMA_INSTRUCTION = (
@@ -67,6 +73,12 @@ class LoadedFeature:
             user = Message("user", renderer.render(self.user, input))
         return (system, *examples, user)
 
+    def fixed_turns(self, renderer: PromptRenderer) -> tuple[Message, ...]:
+        """The turns every call sends whatever its input: the schema instruction (in the
+        system turn when that does not depend on the input) and the few-shot examples."""
+        system, instruction, examples = self._constant_turns(renderer)
+        return (system or Message("system", instruction), *examples)
+
     def _constant_turns(self, renderer: PromptRenderer,
                         ) -> tuple[Message | None, str, tuple[Message, ...]]:
         """(system turn if it does not depend on the input, schema instruction, few-shot
@@ -107,6 +119,16 @@ def _template_source(inline: str | None, file: str | None, prompts_dir: Path,
     return path.read_text(encoding="utf-8")
 
 
+def _schema_issues(source: str, key: str, schema: dict[str, Any]) -> list[ContractIssue]:
+    issues = [ContractIssue(source, f"{key}.{where}".rstrip("."), problem,
+                            "fix the JSON Schema (see docs/contracts.md)")
+              for where, problem in schema_problems(schema)]
+    if not is_object_schema(schema):
+        issues.append(ContractIssue(source, f"{key}.type", "must be \"object\"",
+                                    "wrap the fields in an object schema with properties"))
+    return issues
+
+
 def build_feature(data: Any, *, source: str, config: EngineConfig, renderer: PromptRenderer,
                   expected_name: str | None = None, override_version: int | None = None,
                   ) -> LoadedFeature:
@@ -117,20 +139,26 @@ def build_feature(data: Any, *, source: str, config: EngineConfig, renderer: Pro
     try:
         spec = FeatureSpec.model_validate(data)
     except ValidationError as exc:
-        raise ContractError(pydantic_issues(source, exc)) from None
+        # One pass: a typo in a top-level key must not hide what is wrong in the schemas.
+        found = pydantic_issues(source, exc)
+        for key in ("input", "output"):
+            if isinstance(data.get(key), dict):
+                found.extend(_schema_issues(source, key, data[key]))
+        raise ContractError(found) from None
+    if spec.formats == "ignore":
+        spec = spec.model_copy(update={"input": without_formats(spec.input),
+                                       "output": without_formats(spec.output)})
 
     issues: list[ContractIssue] = []
     if expected_name is not None and spec.name != expected_name:
         issues.append(ContractIssue(source, "name", f"name {spec.name!r} does not match the "
                                     f"file name {expected_name!r}", "make them equal"))
+    broken = set()
     for key in ("input", "output"):
-        schema = getattr(spec, key)
-        for where, problem in schema_problems(schema):
-            issues.append(ContractIssue(source, f"{key}.{where}".rstrip("."), problem,
-                                        "fix the JSON Schema (draft 2020-12)"))
-        if schema.get("type") != "object":
-            issues.append(ContractIssue(source, f"{key}.type", "must be \"object\"",
-                                        "wrap the fields in an object schema with properties"))
+        found = _schema_issues(source, key, getattr(spec, key))
+        if found:
+            broken.add(key)
+        issues.extend(found)
     # The schema may be broken (reported above): only string keys of a mapping are fields.
     properties = spec.input.get("properties")
     fields = [k for k in properties if isinstance(k, str)] if isinstance(properties, dict) else []
@@ -154,21 +182,23 @@ def build_feature(data: Any, *, source: str, config: EngineConfig, renderer: Pro
             issues.append(ContractIssue(source, "model.route", f"unknown route {route!r}",
                                         f"use one of: {', '.join(sorted(config.routes))}"))
 
-    if not issues:
-        for i, example in enumerate(spec.examples):
-            for key in ("input", "output"):
-                for v in violations(getattr(spec, key), getattr(example, key)):
-                    issues.append(ContractIssue(source, f"examples.{i}.{key}",
-                                                f"{v.path}: {v.message}",
-                                                f"make the example satisfy the {key} schema"))
-            user = templates["user"]
-            if user is not None:
-                try:
-                    renderer.render(user, example.input)
-                except TemplateRefused as exc:
-                    issues.append(ContractIssue(source, f"examples.{i}.input",
-                                                f"prompt does not render: {exc}",
-                                                "fix the template or the example"))
+    # Examples are checked against every schema that is itself sound, whatever else failed.
+    for i, example in enumerate(spec.examples):
+        for key in ("input", "output"):
+            if key in broken:
+                continue
+            for v in violations(getattr(spec, key), getattr(example, key)):
+                issues.append(ContractIssue(source, f"examples.{i}.{key}",
+                                            f"{v.path}: {v.message}",
+                                            f"make the example satisfy the {key} schema"))
+        user = templates["user"]
+        if user is not None and "input" not in broken:
+            try:
+                renderer.render(user, example.input)
+            except TemplateRefused as exc:
+                issues.append(ContractIssue(source, f"examples.{i}.input",
+                                            f"prompt does not render: {exc}",
+                                            "fix the template or the example"))
     if issues:
         raise ContractError(issues)
 

@@ -1,13 +1,17 @@
-"""JSON Schema (2020-12) checking and validation with bounded cost.
+"""JSON Schema checking and validation with bounded cost, under the draft a schema declares.
 
-User-supplied schemas are untrusted: `pattern` and `patternProperties` run on RE2 (linear
-time, no catastrophic backtracking), schemas and instances have size and depth limits, and
-`$ref` may only point inside the schema itself, at something that exists, and never in a loop
-that applies a schema to the same value forever. Validators are compiled once per schema.
+A schema is validated under its `$schema` (draft 04, 06, 07, 2019-09 or 2020-12; 2020-12 when
+it names none) with `format` asserted, not just annotated. User-supplied schemas are untrusted:
+`pattern` and `patternProperties` run on RE2 (linear time, no catastrophic backtracking),
+schemas and instances have size and depth limits, `$ref` may only point inside the schema
+itself, at something that exists, and never in a loop that applies a schema to the same value
+forever, and an unknown keyword is an error (a typo such as `requierd` would otherwise make a
+field silently optional). Validators are compiled once per schema.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -15,14 +19,25 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema import (
+    Draft4Validator,
+    Draft6Validator,
+    Draft7Validator,
+    Draft201909Validator,
+    Draft202012Validator,
+    validators,
+)
+from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from referencing.exceptions import Unresolvable
 
 from featurelm.engine.errors import SchemaViolation
 
-MAX_SCHEMA_BYTES = 64 * 1024
+#: Measured on real schemas (see docs/contracts.md): Kubernetes objects with their
+#: definitions inlined reach 200-600 KiB (a Pod template is ~450 KiB), SchemaStore's CI
+#: configurations up to 2 MiB. The cap bounds what one contract costs to compile and to put
+#: in a prompt; 1 MiB admits all but the largest while a prompt still fails the context check.
+MAX_SCHEMA_BYTES = 1024 * 1024
 MAX_SCHEMA_DEPTH = 32
 MAX_INSTANCE_DEPTH = 64
 MAX_PATTERN_LENGTH = 1000
@@ -65,10 +80,130 @@ def _pattern_properties(validator: Any, patterns: Mapping[str, Any], instance: A
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
-#: Draft 2020-12 with RE2-backed regex keywords.
-BoundedValidator = validators.extend(
-    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
-)
+_RE2_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties}
+
+#: `$schema` URI (without a trailing '#', http or https) -> validator class with RE2 regexes.
+DRAFTS: dict[str, Any] = {}
+for _draft in (Draft4Validator, Draft6Validator, Draft7Validator, Draft201909Validator,
+               Draft202012Validator):
+    _uri = str(_draft.META_SCHEMA["$schema"]).rstrip("#")
+    DRAFTS[_uri.split("://", 1)[1]] = validators.extend(_draft, _RE2_KEYWORDS)
+
+#: Draft 2020-12 with RE2-backed regex keywords: the draft of a schema that names none.
+BoundedValidator = DRAFTS["json-schema.org/draft/2020-12/schema"]
+
+#: Keywords that carry no assertion but are standard in some draft, or written by the editors
+#: and generators real schemas come from (VS Code, SchemaStore, OpenAPI); `x-` keys are free.
+ANNOTATIONS = frozenset({
+    "$schema", "$id", "id", "$anchor", "$dynamicAnchor", "$recursiveAnchor", "$vocabulary",
+    "$comment", "$defs", "definitions", "title", "description", "default", "examples",
+    "example", "deprecated", "readOnly", "writeOnly", "contentMediaType", "contentEncoding",
+    "contentSchema", "format", "markdownDescription", "deprecationMessage", "errorMessage",
+    "enumDescriptions", "markdownEnumDescriptions", "defaultSnippets", "doNotSuggest",
+    "patternErrorMessage", "allowComments", "allowTrailingCommas", "suggestSortText",
+    "tsType", "discriminator", "nullable", "externalDocs", "xml", "fileMatch",
+})
+#: Keywords some later draft has: in a schema of an earlier draft they validate nothing.
+_NEWER_KEYWORDS = frozenset({"then", "else"}).union(*(cls.VALIDATORS for cls in DRAFTS.values()))
+#: Where subschemas sit: a map of names to schemas, one schema, or a list of schemas.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas",
+                "dependencies")
+_SCHEMA_ONE = ("additionalProperties", "additionalItems", "items", "contains", "propertyNames",
+               "not", "if", "then", "else", "unevaluatedItems", "unevaluatedProperties",
+               "contentSchema")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+
+
+def validator_class(schema: Mapping[str, Any]) -> Any:
+    """The validator class for the draft `schema` declares; None for an unknown `$schema`."""
+    declared = schema.get("$schema")
+    if declared is None:
+        return BoundedValidator
+    if not isinstance(declared, str) or "://" not in declared:
+        return None
+    return DRAFTS.get(declared.split("://", 1)[1].rstrip("#"))
+
+
+def _subschemas(node: Mapping[str, Any], here: str) -> Iterator[tuple[str, Any]]:
+    for key in _SCHEMA_MAPS:
+        value = node.get(key)
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                if isinstance(sub, dict):  # draft-07 `dependencies` also maps to name lists
+                    yield f"{here}{key}.{name}", sub
+    for key in _SCHEMA_ONE:
+        if isinstance(node.get(key), dict):
+            yield f"{here}{key}", node[key]
+    for key in _SCHEMA_LISTS:
+        value = node.get(key)
+        if isinstance(value, list):
+            for i, sub in enumerate(value):
+                if isinstance(sub, dict):
+                    yield f"{here}{key}.{i}", sub
+
+
+def unknown_keywords(schema: Mapping[str, Any], validator: Any) -> list[tuple[str, str]]:
+    """Keywords that no draft-`validator` rule or known annotation reads, with a guess at what
+    was meant (Ajv's strict mode): each is a typo or a keyword of another draft."""
+    known = set(validator.VALIDATORS) | ANNOTATIONS
+    # Read by another keyword's rule, not rules of their own.
+    if "if" in known:
+        known |= {"then", "else"}
+    if "exclusiveMaximum" not in known:
+        known |= {"exclusiveMaximum", "exclusiveMinimum"}  # draft 04's boolean modifiers
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[str, Mapping[str, Any]]] = [("", schema)]
+    while stack:
+        here, node = stack.pop()
+        for key in node:
+            if not isinstance(key, str) or key in known or key.startswith("x-"):
+                continue
+            guess = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            if key in _NEWER_KEYWORDS:
+                hint = (" (it belongs to a later draft: declare that draft's $schema, or the "
+                        "keyword is silently ignored)")
+            elif guess:
+                hint = f" (did you mean {guess[0]!r}?)"
+            else:
+                hint = " (prefix your own annotations with 'x-')"
+            problems.append((f"{here}{key}", f"unknown keyword {key!r} for this draft{hint}"))
+        stack.extend((f"{path}.", sub) for path, sub in _subschemas(node, here))
+    return sorted(problems)
+
+
+def without_formats(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` with every `format` keyword removed (a property named "format"
+    stays): what a feature that opts out of format checking serves and publishes."""
+    copy = {key: value for key, value in schema.items() if key != "format"}
+    for key in _SCHEMA_MAPS:
+        if isinstance(copy.get(key), dict):
+            copy[key] = {name: without_formats(sub) if isinstance(sub, dict) else sub
+                         for name, sub in copy[key].items()}
+    for key in set(_SCHEMA_ONE) | set(_SCHEMA_LISTS):
+        value = copy.get(key)
+        if isinstance(value, dict):
+            copy[key] = without_formats(value)
+        elif isinstance(value, list):
+            copy[key] = [without_formats(v) if isinstance(v, dict) else v for v in value]
+    return copy
+
+
+def is_object_schema(schema: Mapping[str, Any]) -> bool:
+    """Whether the top level admits only objects, in any spelling: `type: object`,
+    `type: [object]`, or no `type` beside object keywords or a `$ref`/`allOf` to an object."""
+    kind = schema.get("type")
+    if kind is not None:
+        return bool(kind == "object" or kind == ["object"])
+    if any(key in schema for key in ("properties", "required", "additionalProperties",
+                                     "patternProperties")):
+        return True
+    ref = schema.get("$ref")
+    target = _resolve_local(schema, ref) if isinstance(ref, str) and ref.startswith("#") else None
+    if isinstance(target, dict) and target is not schema and "$ref" not in target:
+        return is_object_schema(target)
+    members = schema.get("allOf")
+    return isinstance(members, list) and any(
+        isinstance(m, dict) and m.get("type") in ("object", ["object"]) for m in members)
 
 
 def canonical_json(value: Any) -> str:
@@ -186,12 +321,18 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
         return [("", f"schema is {size} bytes, over the {MAX_SCHEMA_BYTES}-byte limit")]
     if json_depth(schema, MAX_SCHEMA_DEPTH * 2) > MAX_SCHEMA_DEPTH * 2:
         return [("", f"schema nests deeper than {MAX_SCHEMA_DEPTH} levels")]
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path)
-        return [(where, exc.message)]
+    validator = validator_class(schema)
+    if validator is None:
+        return [("$schema", f"unknown $schema {schema.get('$schema')!r}; use one of: "
+                 + ", ".join(f"https://{uri}" for uri in DRAFTS))]
     problems: list[tuple[str, str]] = []
+    # Every error the metaschema finds, not only the first: a check reports in one pass.
+    for error in sorted(validator(validator.META_SCHEMA).iter_errors(schema),
+                        key=lambda e: [str(p) for p in e.absolute_path])[:MAX_VIOLATIONS]:
+        problems.append((".".join(str(p) for p in error.absolute_path), error.message[:300]))
+    problems.extend(unknown_keywords(schema, validator))
+    if problems:
+        return problems
     for where, node in _walk(schema):
         if not isinstance(node, dict):
             continue
@@ -218,7 +359,11 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
 
 @lru_cache(maxsize=512)
 def _compiled(canonical: str) -> Validator:
-    validator: Validator = BoundedValidator(json.loads(canonical))
+    schema = json.loads(canonical)
+    cls = validator_class(schema) or BoundedValidator
+    # `format` asserts: "nobody" is no email and "yesterday" no date-time. A feature that
+    # opts out has its `format` keywords removed at load (see engine.loader).
+    validator: Validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
     return validator
 
 

@@ -62,6 +62,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     engine = Engine.from_config(args.config)
     names = engine.feature_names()
     print(f"ok: {len(names)} feature(s): {', '.join(names)}")
+    for plan in engine.route_plans:
+        if plan.status != "constrained" or plan.reasons:
+            print(f"warning: {plan}", file=sys.stderr)
     # Eval datasets are for `featurelm eval`, not for serving: a missing one is only a warning.
     from featurelm.evals.harness import missing_datasets
 
