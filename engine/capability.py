@@ -110,7 +110,8 @@ def plan_feature(feature: LoadedFeature, config: EngineConfig, backends: Mapping
 def check_routes(features: Iterable[LoadedFeature], config: EngineConfig,
                  backends: Mapping[str, Any], renderer: PromptRenderer) -> list[RoutePlan]:
     """Every feature's plans; raises ContractError naming each feature that no backend on
-    its own route can serve. Degraded plans are logged as warnings."""
+    its own route can serve. `featurelm check` prints the degraded plans and `serve` logs
+    them at start (`degraded_plans`); a one-off `run` keeps its stderr for its own error."""
     plans: list[RoutePlan] = []
     issues: list[ContractIssue] = []
     for feature in features:
@@ -124,7 +125,9 @@ def check_routes(features: Iterable[LoadedFeature], config: EngineConfig,
                 "to a backend with a larger context window"))
     if issues:
         raise ContractError(issues)
-    for plan in plans:
-        if plan.status != "constrained" or plan.reasons:
-            log.warning("%s", plan)
     return plans
+
+
+def degraded_plans(plans: Iterable[RoutePlan]) -> list[RoutePlan]:
+    """The plans that do not constrain the whole schema, each saying why."""
+    return [plan for plan in plans if plan.status != "constrained" or plan.reasons]

@@ -62,9 +62,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     engine = Engine.from_config(args.config)
     names = engine.feature_names()
     print(f"ok: {len(names)} feature(s): {', '.join(names)}")
-    for plan in engine.route_plans:
-        if plan.status != "constrained" or plan.reasons:
-            print(f"warning: {plan}", file=sys.stderr)
+    from featurelm.engine.capability import degraded_plans
+
+    for plan in degraded_plans(engine.route_plans):
+        print(f"warning: {plan}", file=sys.stderr)
     # Eval datasets are for `featurelm eval`, not for serving: a missing one is only a warning.
     from featurelm.evals.harness import missing_datasets
 
@@ -213,11 +214,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from featurelm.evals.gate import make_eval_gate
     from featurelm.serving.server import serve
 
-    def with_eval_gate(engine: Engine) -> None:
+    def prepare(engine: Engine) -> None:
+        from featurelm.engine.capability import degraded_plans
+
+        for plan in degraded_plans(engine.route_plans):
+            logging.getLogger("featurelm.serving").warning("%s", plan)
         # The admin API's `run_evals=true` gates an override on the feature's eval cases.
         engine.set_eval_gate(make_eval_gate(engine))
 
-    return serve(config=args.config, host=args.host, port=args.port, prepare=with_eval_gate)
+    return serve(config=args.config, host=args.host, port=args.port, prepare=prepare)
 
 
 def _eval(args: argparse.Namespace) -> int:
