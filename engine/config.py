@@ -108,6 +108,35 @@ class CacheSettings(Strict):
                                   "per interval (they are always counted).")
 
 
+class TraceSettings(Strict):
+    """How calls are traced (see docs/observability.md); off unless sample_rate > 0."""
+
+    sample_rate: float = Field(0.0, ge=0, le=1, description="Share of calls traced: 0 = none "
+                               "(the default), 1 = every call.")
+    retention_days: float = Field(7.0, gt=0, le=3650, description="Traces older than this are "
+                                  "deleted from the store.")
+    max_bytes_per_call: int = Field(
+        65_536, ge=1024, le=16 * 1024 * 1024, description="Largest stored trace; longer text "
+        "(prompt, replies, output) is cut to fit and the trace marked truncated.")
+    redact: list[str] = Field(
+        default_factory=list, description="Input paths ('customer.email', 'items.*.name') "
+        "whose values are replaced by [redacted] everywhere in the trace.")
+
+
+class TracesConfig(TraceSettings):
+    features: dict[str, TraceSettings] = Field(
+        default_factory=dict, description="Per-feature settings; a key set here replaces the "
+        "global one for that feature.")
+
+    def for_feature(self, name: str) -> TraceSettings:
+        """The settings of feature `name`: the global ones, with its own keys on top."""
+        own = self.features.get(name)
+        base = self.model_dump(exclude={"features"})
+        if own is not None:
+            base.update(own.model_dump(include=own.model_fields_set))
+        return TraceSettings.model_validate(base)
+
+
 class EngineConfig(Strict):
     features_dir: Path = Path("features")
     prompts_dir: Path = Path("prompts")
@@ -133,6 +162,9 @@ class EngineConfig(Strict):
                     "'off': calls without a key run as no tenant (base features); only for a "
                     "single-user machine (the shipped featurelm.yaml); logged at startup.")
     http: HttpConfig = Field(default_factory=HttpConfig)
+    traces: TracesConfig = Field(
+        default_factory=TracesConfig, description="Call traces (opt-in): sampling, retention, "
+        "size bound and redaction; see docs/observability.md.")
     override_refresh_s: float = Field(
         2.0, gt=0, le=60,
         description="How often a replica checks the store for activated or rolled-back overrides.")

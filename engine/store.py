@@ -13,7 +13,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,6 +94,38 @@ generation_t = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+#: Call traces (engine.traces): searchable columns plus the trace as JSON text. A tenant's
+#: rows are deleted with it by retention, never read across tenants (see `calls`).
+calls_t = sa.Table(
+    "call_traces", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(63), nullable=True),
+    sa.Column("feature", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+feedback_t = sa.Table(
+    "call_feedback", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(63), nullable=True),
+    sa.Column("feature", sa.String(64), nullable=False),
+    sa.Column("override_version", sa.Integer, nullable=True),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("label", sa.String(64), nullable=True),
+    sa.Column("correction", sa.Text, nullable=True),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+#: Who may read a call: any tenant (an operator), or one tenant (None: calls made without one).
+ALL_TENANTS = object()
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,34 @@ class OverrideVersion:
     author: str
     created_at: datetime
     active: bool
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One stored trace; `data` (the trace's JSON text) only when asked for."""
+
+    id: int
+    request_id: str
+    tenant: str | None
+    feature: str
+    status: str
+    created_at: datetime
+    latency_ms: float
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    request_id: str
+    tenant: str | None
+    feature: str
+    override_version: int | None
+    score: float | None
+    label: str | None
+    correction: str | None
+    comment: str
+    author: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -230,7 +290,7 @@ def _lock_key(schema: str | None) -> int:
 
 
 #: The newest migration in engine/migrations/versions/ (a test keeps the two in step).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 def _at_newest_revision(connection: sa.Connection) -> bool:
@@ -530,4 +590,83 @@ class Store:
         async with self._begin() as conn:
             rows = await conn.execute(query)
             return [AuditEntry(_aware(r.at), r.actor, r.tenant, r.feature, r.action, r.detail)
+                    for r in rows]
+
+    # -- call traces and feedback -------------------------------------------------------
+
+    @staticmethod
+    def _scoped(query: Any, table: sa.Table, tenant: object) -> Any:
+        if tenant is ALL_TENANTS:
+            return query
+        column = table.c.tenant
+        return query.where(column.is_(None) if tenant is None else column == tenant)
+
+    async def save_traces(self, traces: Sequence[Any]) -> None:
+        """Store traces (engine.traces.StoredTrace), all in one transaction."""
+        if not traces:
+            return
+        async with self._begin() as conn:
+            await conn.execute(sa.insert(calls_t), [{
+                "request_id": t.request_id[:64], "tenant": t.tenant, "feature": t.feature[:64],
+                "status": t.status[:16], "created_at": t.created_at, "expires_at": t.expires_at,
+                "latency_ms": t.latency_ms, "data": t.data} for t in traces])
+
+    async def purge_traces(self, now: datetime) -> int:
+        """Delete the traces past their retention; returns how many."""
+        async with self._begin() as conn:
+            gone = await conn.execute(sa.delete(calls_t).where(calls_t.c.expires_at < now))
+        return int(gone.rowcount or 0)
+
+    @staticmethod
+    def _summary(row: Any, data: bool) -> CallSummary:
+        return CallSummary(row.id, row.request_id, row.tenant, row.feature, row.status,
+                           _aware(row.created_at), row.latency_ms,
+                           row.data if data else None)
+
+    async def calls(self, *, tenant: object = ALL_TENANTS, request_id: str | None = None,
+                    feature: str | None = None, since: datetime | None = None,
+                    status: str | None = None, before: int | None = None, limit: int = 50,
+                    data: bool = False) -> list[CallSummary]:
+        """Stored traces, newest first, `tenant`'s only unless ALL_TENANTS; `before` (an id
+        from a previous page) pages on."""
+        columns = [calls_t.c.id, calls_t.c.request_id, calls_t.c.tenant, calls_t.c.feature,
+                   calls_t.c.status, calls_t.c.created_at, calls_t.c.latency_ms]
+        if data:
+            columns.append(calls_t.c.data)
+        query = self._scoped(sa.select(*columns), calls_t, tenant)
+        if request_id is not None:
+            query = query.where(calls_t.c.request_id == request_id)
+        if feature is not None:
+            query = query.where(calls_t.c.feature == feature)
+        if since is not None:
+            query = query.where(calls_t.c.created_at >= since)
+        if status is not None:
+            query = query.where(calls_t.c.status == status)
+        if before is not None:
+            query = query.where(calls_t.c.id < before)
+        query = query.order_by(calls_t.c.id.desc()).limit(max(1, min(limit, 1000)))
+        async with self._begin() as conn:
+            rows = await conn.execute(query)
+            return [self._summary(r, data) for r in rows]
+
+    async def add_feedback(self, feedback: Feedback) -> None:
+        async with self._begin() as conn:
+            await conn.execute(sa.insert(feedback_t).values(
+                request_id=feedback.request_id[:64], tenant=feedback.tenant,
+                feature=feedback.feature[:64], override_version=feedback.override_version,
+                score=feedback.score, label=feedback.label, correction=feedback.correction,
+                comment=feedback.comment, author=_actor(feedback.author),
+                created_at=feedback.created_at))
+
+    async def feedback(self, request_ids: Sequence[str], *,
+                       tenant: object = ALL_TENANTS) -> list[Feedback]:
+        """Feedback on these calls, oldest first."""
+        if not request_ids:
+            return []
+        query = self._scoped(sa.select(feedback_t), feedback_t, tenant).where(
+            feedback_t.c.request_id.in_(list(request_ids))).order_by(feedback_t.c.id)
+        async with self._begin() as conn:
+            rows = await conn.execute(query)
+            return [Feedback(r.request_id, r.tenant, r.feature, r.override_version, r.score,
+                             r.label, r.correction, r.comment, r.author, _aware(r.created_at))
                     for r in rows]

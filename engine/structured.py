@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -125,8 +126,14 @@ def _schema_path(error: Any) -> str:
     return path
 
 
+#: Told of each attempt: (completion, validation errors (none when valid), repaired, seconds
+#: spent parsing and validating). A trace listens here.
+AttemptListener = Callable[[Completion, list[str], bool, float], None]
+
+
 async def generate_structured(complete: CompleteFn, request: CompletionRequest,
-                              schema: Mapping[str, Any], max_attempts: int) -> StructuredResult:
+                              schema: Mapping[str, Any], max_attempts: int, *,
+                              on_attempt: AttemptListener | None = None) -> StructuredResult:
     """Call `complete` until it yields schema-valid output, at most `max_attempts` times;
     after REPLIES_PER_BACKEND invalid replies from one backend, the route's next backend is
     asked (the same conversation, re-ask included)."""
@@ -141,6 +148,7 @@ async def generate_structured(complete: CompleteFn, request: CompletionRequest,
                             else complete(attempt_request))
         tokens_in += completion.usage.prompt_tokens
         tokens_out += completion.usage.completion_tokens
+        checked = time.perf_counter()
         parsed = parse_output(completion.text)
         if completion.finish_reason == "length":
             errors = ["the reply was cut off at the output token limit; answer more concisely"]
@@ -151,8 +159,13 @@ async def generate_structured(complete: CompleteFn, request: CompletionRequest,
         else:
             errors = [f"{v.path}: {v.message}" for v in violations(schema, parsed.value)]
             if not errors:
+                if on_attempt is not None:
+                    on_attempt(completion, [], parsed.repaired, time.perf_counter() - checked)
                 return StructuredResult(parsed.value, completion, len(attempts) + 1,
                                         tokens_in, tokens_out)
+        if on_attempt is not None:
+            on_attempt(completion, errors, bool(parsed and parsed.repaired),
+                       time.perf_counter() - checked)
         # The model is told exactly what was wrong (values included); the attempt kept for
         # the caller says only where and which rule.
         shown = errors if parsed is None or not isinstance(parsed.value, dict) \

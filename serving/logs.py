@@ -6,7 +6,6 @@ the input or the output, which may hold a tenant's private data.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import os
@@ -18,13 +17,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from featurelm.engine.traces import request_id as engine_request_id
 from featurelm.serving.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A client's request id is echoed only if it is short and plain (it ends up in our logs).
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
-                                                                      default=None)
+# The engine's: call traces are stored under the id the logs and X-Request-ID show.
+request_id = engine_request_id
 access_log = logging.getLogger("featurelm.access")
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

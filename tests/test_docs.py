@@ -17,6 +17,7 @@ from featurelm.engine.config import (
     HttpConfig,
     LimitsConfig,
     RouteConfig,
+    TracesConfig,
 )
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
@@ -24,7 +25,7 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_t
 
 def test_every_config_field_is_documented() -> None:
     models: list[type[BaseModel]] = [EngineConfig, BackendConfig, RouteConfig, LimitsConfig,
-                                     HttpConfig, CacheSettings, OpenAIOptions, HostedOptions,
+                                     HttpConfig, CacheSettings, TracesConfig, OpenAIOptions, HostedOptions,
                                      LocalOptions, ScriptedOptions]
     missing = [f"{model.__name__}.{name}" for model in models
                for name, field in model.model_fields.items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -23,7 +24,13 @@ from featurelm.engine.costs import cost_usd
 from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from featurelm.engine.dispatch.retry import RetryPolicy
 from featurelm.engine.errors import BackendError, ContractError, ContractIssue, TooLargeError
-from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens, prompt_token_bound
+from featurelm.engine.tokens import (
+    CountingBackend,
+    backend_prompt_tokens,
+    count_prompt_tokens,
+    count_text_tokens,
+    prompt_token_bound,
+)
 from featurelm.engine.types import Completion, CompletionRequest, Usage
 
 T = TypeVar("T")
@@ -31,6 +38,8 @@ T = TypeVar("T")
 TextSink = Callable[[str], Awaitable[None]]
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_BREAKER = BreakerPolicy()
+
+log = logging.getLogger("featurelm.dispatch")
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,11 @@ class _Run:
     async def should_retry(self, name: str, error: BackendError, retry: int) -> bool:
         """Record the failure; sleep and return True if the same backend is worth another try."""
         self.last_error = error
+        # At warning: the caller sees at most a 502; the operator needs the backend's words
+        # (the log line carries the request id, as the call's trace does).
+        log.warning("backend %s failed on route %s: %s", name, self.route, error,
+                    extra={"backend": name, "route": self.route,
+                           "provider_status": error.provider_status})
         breaker = self.d.breakers[name]
         if _counts_against(error):
             breaker.record_failure()
@@ -218,7 +232,16 @@ class Dispatcher:
         return time.monotonic() + self.default_timeout_s
 
     def prompt_tokens(self, backend: str, request: CompletionRequest) -> int:
-        return count_prompt_tokens(request.messages, self.backends[backend].capabilities.tokenizer)
+        """The prompt's tokens under the backend's own tokenizer where it has one."""
+        return backend_prompt_tokens(self.backends[backend], request.messages)
+
+    def _tokenizer_key(self, name: str) -> str:
+        # Backends sharing a tiktoken encoding share one count; one counting with its own
+        # vocabulary counts for itself.
+        backend = self.backends[name]
+        if isinstance(backend, CountingBackend):
+            return f"backend:{name}"
+        return backend.capabilities.tokenizer
 
     def backends_fitting(self, route: str, request: CompletionRequest) -> list[str]:
         """The route's backends whose context window holds the prompt plus max_tokens."""
@@ -230,9 +253,10 @@ class Dispatcher:
             if bound + request.max_tokens <= caps.context_window:
                 fitting.append(name)  # fits whatever the exact count: skip counting
                 continue
-            if caps.tokenizer not in counts:
-                counts[caps.tokenizer] = self.prompt_tokens(name, request)
-            if counts[caps.tokenizer] + request.max_tokens <= caps.context_window:
+            key = self._tokenizer_key(name)
+            if key not in counts:
+                counts[key] = self.prompt_tokens(name, request)
+            if counts[key] + request.max_tokens <= caps.context_window:
                 fitting.append(name)
         return fitting
 

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -192,7 +193,7 @@ async def test_concurrent_saves_get_distinct_consecutive_versions(store: Store) 
 async def test_replicas_connecting_at_once_migrate_once(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.connect(store_url) for _ in range(4)))
     try:
-        assert await raw_rows(stores[0], "alembic_version") == [("0001",)]
+        assert await raw_rows(stores[0], "alembic_version") == [("0002",)]
         await stores[1].create_tenant("acme", actor="ops")
         assert [t.name for t in await stores[3].list_tenants()] == ["acme"]
     finally:
@@ -249,3 +250,58 @@ async def test_a_store_at_the_newest_revision_connects_without_alembic(store_url
         assert not any(name.split(".")[0] == "alembic" for name in sys.modules)
     finally:
         sys.modules.update(loaded)
+
+
+def _trace(request_id: str, tenant: str | None, *, feature: str = "sentiment",
+           status: str = "ok", age_days: float = 0, keep_days: float = 7) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    from featurelm.engine.traces import StoredTrace
+
+    at = datetime.now(UTC) - timedelta(days=age_days)
+    return StoredTrace(request_id, tenant, feature, status, at, at + timedelta(days=keep_days),
+                       1.5, f'{{"request_id": "{request_id}"}}')
+
+
+async def test_call_traces_are_read_per_tenant_newest_first_in_pages(store: Store) -> None:
+    from featurelm.engine.store import ALL_TENANTS
+
+    await store.save_traces([_trace(f"r{i}", "acme") for i in range(5)]
+                            + [_trace("r0", "globex", status="error"), _trace("x", None)])
+    mine = await store.calls(tenant="acme", limit=2)
+    assert [c.request_id for c in mine] == ["r4", "r3"] and mine[0].data is None
+    page = await store.calls(tenant="acme", limit=2, before=mine[-1].id)
+    assert [c.request_id for c in page] == ["r2", "r1"]
+    # A request id another tenant also sent reads as that tenant's own call only.
+    [own] = await store.calls(tenant="acme", request_id="r0", data=True)
+    assert own.tenant == "acme" and own.data == '{"request_id": "r0"}'
+    assert [c.tenant for c in await store.calls(request_id="r0")] == ["globex", "acme"]
+    assert [c.request_id for c in await store.calls(tenant=None)] == ["x"]
+    assert [c.tenant for c in await store.calls(tenant=ALL_TENANTS, status="error")] == \
+        ["globex"]
+    assert await store.calls(tenant="acme", feature="other") == []
+
+
+async def test_expired_call_traces_are_purged(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    await store.save_traces([_trace("old", "acme", age_days=10), _trace("new", "acme")])
+    assert await store.purge_traces(datetime.now(UTC)) == 1
+    assert [c.request_id for c in await store.calls()] == ["new"]
+
+
+async def test_feedback_is_kept_per_call_and_read_per_tenant(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    from featurelm.engine.store import Feedback
+
+    now = datetime.now(UTC)
+    await store.add_feedback(Feedback("r1", "acme", "sentiment", 2, 0.2, None,
+                                      '{"sentiment": "negative"}', "wrong", "tenant:acme", now))
+    await store.add_feedback(Feedback("r1", "globex", "sentiment", None, None, "good", None,
+                                      "", "tenant:globex", now))
+    [mine] = await store.feedback(["r1"], tenant="acme")
+    assert (mine.score, mine.override_version, mine.correction) == \
+        (0.2, 2, '{"sentiment": "negative"}')
+    assert len(await store.feedback(["r1", "r2"])) == 2
+    assert await store.feedback([]) == []
