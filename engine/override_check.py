@@ -72,6 +72,23 @@ def check_override(overrides: Overrides, feature: str, text: str, *,
     return []
 
 
+def located(issues: Sequence[ContractIssue], text: str, *, file: str) -> list[Problem]:
+    """The engine's issues about override `text` as problems of `file`: the engine names its
+    source `override TENANT/FEATURE`, the tenant knows the file; the line is added where the
+    YAML path (or the parser's message) gives one."""
+    lines = _LineIndex(text)
+    return [Problem(file, _issue_line(lines, i), i.path, _with_fix(i)) for i in issues]
+
+
+def _issue_line(lines: _LineIndex, issue: ContractIssue) -> int | None:
+    path = _split(issue.path)
+    if not path:
+        return _mark_line(issue.problem)
+    # A path outside the file (`evals: case 'x'`) has no line; a deeper key that is absent
+    # (a default the override changed) gets its nearest ancestor's.
+    return lines.line(path) if lines.has(path[0]) else None
+
+
 def _with_fix(issue: ContractIssue) -> str:
     return f"{issue.problem} (fix: {issue.fix})" if issue.fix else issue.problem
 
@@ -118,6 +135,10 @@ class _LineIndex:
             self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
             self.root = None
+
+    def has(self, key: str) -> bool:
+        """Whether the document's top level has `key`."""
+        return self.root is not None and self._child(self.root, key) is not None
 
     def line(self, path: list[str]) -> int | None:
         node = self.root

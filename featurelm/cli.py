@@ -136,9 +136,14 @@ async def _override(args: argparse.Namespace) -> int:
     overrides = engine.overrides
     try:
         if args.override_command == "apply":
-            text = _read_file(Path(args.file))
-            result = await overrides.apply(args.tenant, args.feature, text, author=args.author,
-                                           dry_run=args.dry_run, run_evals=args.evals)
+            path = Path(args.file)
+            text = _read_file(path)
+            try:
+                result = await overrides.apply(args.tenant, args.feature, text,
+                                               author=args.author, dry_run=args.dry_run,
+                                               run_evals=args.evals)
+            except ContractError as exc:
+                return _refused(exc, text, path)
             if result.dry_run:
                 print("ok: the override is valid (dry run, nothing saved)")
                 for i, messages in enumerate(result.rendered):
@@ -173,6 +178,16 @@ async def _override(args: argparse.Namespace) -> int:
     finally:
         await engine.aclose()
     return 0
+
+
+def _refused(exc: ContractError, text: str, path: Path) -> int:
+    """Each problem of a refused override on its own line, naming the tenant's file (not the
+    engine's `override TENANT/FEATURE`), with the line and YAML path where they are known."""
+    from featurelm.engine.override_check import located
+
+    for problem in located(exc.issues, text, file=str(path)):
+        print("error: " + " ".join(str(problem).split()), file=sys.stderr)
+    return 2
 
 
 def _override_offline(args: argparse.Namespace, engine: Any) -> int:

@@ -82,9 +82,11 @@ async def list_all_versions(tenant: TenantName, request: Request,
         "required": True,
         "description": "The override: YAML text, or the same mapping as a JSON object (kept "
                        "as YAML). `GET /v1/features/{name}/override-schema` describes it.",
-        "content": {"application/json": {"schema": {"type": "object",
-                                                    "additionalProperties": True}},
-                    "application/yaml": {"schema": {"type": "string"}}}}})
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Override"}},
+                    # Raw bytes, as OpenAPI describes any upload, so generators that map
+                    # application/yaml to a byte body (docs/http.md) type it as a file.
+                    "application/yaml": {"schema": {"type": "string",
+                                                    "format": "binary"}}}}})
 async def apply_override(tenant: TenantName, feature: FeatureName, request: Request,
                          caller: KeyCaller, response: Response,
                          dry_run: Annotated[bool, Query(description="Validate and render "
@@ -105,8 +107,11 @@ async def apply_override(tenant: TenantName, feature: FeatureName, request: Requ
                     eval_pass_rate=result.eval_pass_rate)
 
 
-@router.get("/v1/features/{feature}/override-schema", responses=problems.responses(401, 404),
-            response_model=dict[str, Any])
+@router.get("/v1/features/{feature}/override-schema", response_model=None, responses={
+    **problems.responses(401, 404, 422),
+    200: {"description": "A JSON Schema (2020-12) for the feature's override files",
+          "content": {"application/json": {"schema": {
+              "$ref": "#/components/schemas/OverrideSchema"}}}}})
 async def override_schema_of(feature: FeatureName, request: Request,
                              caller: KeyCaller) -> dict[str, Any]:
     """The JSON Schema of this feature's override files: only its overridable keys."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from featurelm.engine import Engine
 from featurelm.serving import admin, features, ops, problems
@@ -20,6 +21,13 @@ from featurelm.serving.openapi import install as install_openapi
 from featurelm.serving.state import Lifecycle, Services
 
 log = logging.getLogger("featurelm.serving")
+
+
+def operation_id(route: APIRoute) -> str:
+    """The handler's name (`apply_override`), not FastAPI's name+path+method default, so a
+    generated client's functions and body models read `apply_override`, not
+    `apply_override_v1_tenants_tenant_overrides_feature_put`."""
+    return route.name
 
 
 def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -51,6 +59,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
             await engine.aclose()
 
     app = FastAPI(title="featurelm", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_id,
                   description="Product features served as typed LLM-backed endpoints.")
     app.state.services = svc
     problems.install(app)

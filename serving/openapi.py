@@ -103,6 +103,18 @@ BATCH_ITEM_ERROR: dict[str, Any] = {
     "description": "A batch input that failed; the other inputs are unaffected.",
     "properties": {"error": ref("Problem")}}
 
+#: Named so a generated client calls them `Override` and `OverrideSchema`, not a name spelled
+#: from the operation and path. Their shape depends on the feature: the override-schema
+#: endpoint describes each one.
+OVERRIDE: dict[str, Any] = {
+    "type": "object", "additionalProperties": True,
+    "description": "An override file as a JSON object (the same mapping as its YAML); "
+                   "`GET /v1/features/{feature}/override-schema` gives its keys per feature."}
+OVERRIDE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": True,
+    "description": "A JSON Schema (2020-12) of one feature's override files: only its "
+                   "overridable keys, with their types."}
+
 STREAMING_NOTE = (
     "\n\nStreaming: send `Accept: text/event-stream` to receive server-sent events instead "
     "of the JSON body: `progress`, `delta` (raw model text, not yet validated), then `result` "
@@ -176,6 +188,8 @@ def build(app: FastAPI, features: list[LoadedFeature], batch_max_items: int) -> 
     schemas["Problem"] = problems.PROBLEM_SCHEMA
     schemas["BatchItemError"] = BATCH_ITEM_ERROR
     schemas["RunOptions"] = OPTIONS_SCHEMA
+    schemas["Override"] = OVERRIDE
+    schemas["OverrideSchema"] = OVERRIDE_SCHEMA
     schemas["Meta"] = meta_schema()
     for feature in features:
         schemas.update(feature_components(feature, batch_max_items))

@@ -73,7 +73,8 @@ def test_tenant_create_prints_a_working_key_once(cli: Cli, project: Path) -> Non
     (["override", "apply", "acme", "nope", "v1.yaml"], "error: unknown feature 'nope'"),
     (["override", "apply", "acme", "sentiment", "missing.yaml"], "error: cannot read"),
     (["override", "apply", "acme", "sentiment", "bad.yaml"],
-     "error: override acme/sentiment: output.type: the output schema is the product's contract"),
+     "error: {folder}/bad.yaml: line 2: output.type: the output schema is the product's "
+     "contract"),
     (["override", "rollback", "acme", "sentiment", "7"],
      "error: tenant 'acme' has no version 7 of 'sentiment'"),
     (["override", "list", "ghost"], "error: unknown tenant 'ghost'"),
@@ -86,7 +87,39 @@ def test_errors_are_one_line_and_exit_2(cli: Cli, project: Path, args: list[str]
     assert code == 2
     assert out == ""
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(message), err
+    assert err.startswith(message.format(folder=project.parent)), err
+
+
+def test_a_refused_apply_lists_each_problem_with_its_file_line_and_path(
+        cli: Cli, project: Path) -> None:
+    assert cli("tenant", "create", "acme")[0] == 0
+    file = project.parent / "two.yaml"
+    file.write_text("prompt:\n  system: fine\noutput:\n  type: object\n"
+                    "model:\n  temperature: 0.5\n")
+    code, out, err = cli("override", "apply", "acme", "sentiment", str(file))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"error: {file}: line 4: output.type: the output schema is the product's contract and "
+        "cannot be overridden (fix: remove it from the override)",
+        f"error: {file}: line 6: model.temperature: sentiment does not allow overriding "
+        "model.temperature (fix: overridable fields: examples, prompt.system)"]
+    assert "override acme/sentiment" not in err
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('prompt:\n  system: "{{ nope( }}"\n', "line 2: prompt.system: syntax error"),
+    ("examples:\n  - input: {text: hi}\n    output: {sentiment: maybe}\n",
+     "line 3: examples.0.output: $.sentiment: 'maybe' is not one of"),
+    ("prompt: [\n", "line 2: (top level): invalid YAML"),
+])
+def test_a_refused_apply_points_at_the_line(cli: Cli, project: Path, text: str,
+                                            where: str) -> None:
+    assert cli("tenant", "create", "acme")[0] == 0
+    file = project.parent / "override.yaml"
+    file.write_text(text)
+    code, _, err = cli("override", "apply", "acme", "sentiment", str(file), "--dry-run")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {file}: {where}"), err
 
 
 def test_apply_dry_run_list_rollback_and_diff(cli: Cli, project: Path) -> None:
