@@ -18,7 +18,7 @@ from featurelm.engine.config import EngineConfig
 from featurelm.engine.errors import ContractError, ContractIssue
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.prompts import PromptRenderer
-from featurelm.engine.tokens import count_prompt_tokens, prompt_token_bound
+from featurelm.engine.tokens import backend_prompt_tokens, prompt_token_bound
 from featurelm.engine.types import Message
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,6 @@ class PlanningBackend(Protocol):
     """A backend that constrains in-process and can say how, per schema, without a model."""
 
     def plan(self, schema: Mapping[str, Any], prefix: str = "output") -> Any: ...
-
-
-@runtime_checkable
-class CountingBackend(Protocol):
-    """A backend that counts prompt tokens with its own tokenizer."""
-
-    def count_tokens(self, messages: tuple[Message, ...]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -60,12 +53,7 @@ def _prompt_tokens(backend: Any, messages: tuple[Message, ...], max_tokens: int)
     window: int = backend.capabilities.context_window
     if prompt_token_bound(messages) + max_tokens <= window:
         return None
-    if isinstance(backend, CountingBackend):
-        try:
-            return backend.count_tokens(messages)
-        except (OSError, ValueError, RuntimeError) as exc:  # no model file: fall back
-            log.warning("backend %s cannot count tokens (%s); using cl100k", backend, exc)
-    return count_prompt_tokens(messages, backend.capabilities.tokenizer)
+    return backend_prompt_tokens(backend, messages)
 
 
 def plan_feature(feature: LoadedFeature, config: EngineConfig, backends: Mapping[str, Any],
