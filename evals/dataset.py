@@ -6,7 +6,7 @@ Loading checks every case and reports each problem with the file and line it is 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Case(BaseModel):
 class Dataset:
     path: Path
     cases: list[Case]
+    #: The line each case starts on, parallel to `cases` (for messages that point at it).
+    lines: list[int] = field(default_factory=list)
 
 
 def load_dataset(path: Path) -> Dataset:
@@ -49,6 +51,7 @@ def load_dataset(path: Path) -> Dataset:
     rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _yaml_rows(path)
     issues: list[ContractIssue] = []
     cases: list[Case] = []
+    lines: list[int] = []
     first_line: dict[str, int] = {}
     for line, raw in rows:
         try:
@@ -63,9 +66,10 @@ def load_dataset(path: Path) -> Dataset:
             continue
         first_line[case.id] = line
         cases.append(case)
+        lines.append(line)
     if issues:
         raise ContractError(issues)
-    return Dataset(path=path, cases=cases)
+    return Dataset(path=path, cases=cases, lines=lines)
 
 
 def find_dataset(directory: Path, feature: str) -> Path | None:

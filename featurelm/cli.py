@@ -72,6 +72,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for feature, path in missing_datasets(engine):
         print(f"warning: {feature}: eval dataset {path} not found (featurelm eval will refuse "
               "it; serving does not need it)", file=sys.stderr)
+    # Cases are checked under the feature's own rules; still the dataset's problems, not the
+    # feature's: serving never reads them.
+    from featurelm.evals.dataset_check import check_datasets
+
+    for issue in check_datasets(engine):
+        print(f"warning: eval dataset: {issue}", file=sys.stderr)
     return 0
 
 
@@ -79,6 +85,11 @@ async def _run(args: argparse.Namespace) -> int:
     from featurelm.engine.engine import Engine, RunOptions
 
     payload = _read_input(args.input)
+    if args.explain:
+        from featurelm.calls import explain
+
+        args.payload = payload
+        return await explain(args, RunOptions(route=args.route, cache_read=not args.no_cache))
     engine = Engine.from_config(args.config)
     try:
         options = RunOptions(route=args.route, cache_read=not args.no_cache)
@@ -278,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tenant", help="run as this tenant (with its active override)")
     run.add_argument("--route", help="another route from the feature's allowed list")
     run.add_argument("--no-cache", action="store_true", help="skip the cache read")
+    run.add_argument("--explain", action="store_true",
+                     help="also print the call's trace on stderr: prompt, each reply and its "
+                          "errors, re-asks, timings (stores nothing)")
     run.set_defaults(handler=lambda a: asyncio.run(_run(a)))
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a feature file")
@@ -341,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         "schema", parents=[config], help="print the JSON Schema of a feature's override files")
     schema.add_argument("feature")
     override.set_defaults(handler=lambda a: asyncio.run(_override(a)))
+
+    from featurelm import calls as calls_cli
+
+    calls_cli.add_commands(commands, config)
 
     evaluate = commands.add_parser("eval", help="run the offline eval suite")
     from featurelm.evals import arguments as eval_arguments
