@@ -13,6 +13,7 @@ import contextvars
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections import deque
@@ -340,3 +341,23 @@ def begin(feature_name: str, feature_version: int, override_version: int | None,
     rid = request_id.get() or secrets.token_hex(8)
     return Trace(rid, feature_name, feature_version, override_version, tenant, settings, input)
 
+
+
+_SPAN = re.compile(r"^(\d{1,6})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, *, now: datetime | None = None) -> datetime:
+    """`7d`, `24h`, `30m`, `90s` (that long ago) or an ISO 8601 time (UTC if no zone)."""
+    text = value.strip()
+    if match := _SPAN.match(text):
+        seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        from featurelm.engine.errors import InputError
+
+        raise InputError(f"since {value[:40]!r} is neither a span (7d, 24h, 30m, 90s) nor an "
+                         "ISO 8601 time") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -51,6 +51,13 @@ class Metrics:
                               ["tenant", "feature", "direction"], registry=r)
         self.cost = Counter("featurelm_cost_usd", "Backend cost in USD, by tenant and feature.",
                             ["tenant", "feature"], registry=r)
+        self.feedback = Counter(
+            "featurelm_feedback", "Feedback given on calls (POST /v1/feedback), by feature, "
+            "tenant, override version and kind (score, label, correction).",
+            ["feature", "tenant", "version", "kind"], registry=r)
+        self.feedback_score = Histogram(
+            "featurelm_feedback_score", "Scores given as feedback (0 = wrong .. 1 = right).",
+            ["feature", "tenant", "version"], buckets=(0.2, 0.4, 0.6, 0.8, 1.0), registry=r)
 
     def on_call(self, record: CallRecord) -> None:
         """engine.on_call listener: one record per dispatched backend call."""
@@ -75,6 +82,18 @@ class Metrics:
         self.cache.labels(meta.feature, "hit" if meta.cached else "miss").inc()
         if meta.attempts > 1:
             self.validation_failures.labels(meta.feature, "output").inc(meta.attempts - 1)
+
+    def on_feedback(self, feature: str, tenant: object, version: object, score: float | None,
+                    label: str | None, corrected: bool) -> None:
+        who = str(tenant or "-")
+        shown = str(version) if isinstance(version, int) else "base"
+        if score is not None:
+            self.feedback.labels(feature, who, shown, "score").inc()
+            self.feedback_score.labels(feature, who, shown).observe(score)
+        if label is not None:
+            self.feedback.labels(feature, who, shown, "label").inc()
+        if corrected:
+            self.feedback.labels(feature, who, shown, "correction").inc()
 
     def on_input_refused(self, feature: str) -> None:
         self.validation_failures.labels(feature, "input").inc()
