@@ -379,7 +379,9 @@ class Engine:
         cache plan. Raises the caller's mistakes (InputError, TooLargeError) here, so a stream
         can answer them as a plain error before it starts."""
         trace = None
-        if self._tracing and (settings := self.traces.sample(feature.name)) is not None:
+        # Eval runs (calls labelled with a case id) are not production calls: never traced.
+        if self._tracing and not (options and "case" in options.labels) \
+                and (settings := self.traces.sample(feature.name)) is not None:
             trace = begin_trace(feature.name, feature.spec.version, feature.override_version,
                                 tenant, settings, input)
         return self._prepare(feature, input, tenant, options or _DEFAULT_OPTIONS, trace)
