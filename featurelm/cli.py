@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     from featurelm.evals import production
 
     production.add_commands(commands, config)
+    from featurelm.evals import drift
+
+    drift.add_commands(commands, config)
 
     evaluate = commands.add_parser("eval", help="run the offline eval suite")
     from featurelm.evals import arguments as eval_arguments

@@ -112,7 +112,7 @@ async def _run(svc: Services, caller: Caller, feature: LoadedFeature, input: Any
     except (InputError, OutputError) as exc:
         _counted(svc, feature, exc)
         raise
-    await _account(svc, caller, result)
+    await _account(svc, caller, result, feature)
     return result
 
 
@@ -122,8 +122,10 @@ def _result_body(result: Result) -> bytes:
                       ensure_ascii=False).encode()
 
 
-async def _account(svc: Services, caller: Caller, result: Result) -> None:
+async def _account(svc: Services, caller: Caller, result: Result,
+                   feature: LoadedFeature) -> None:
     svc.metrics.on_result(result.meta)
+    svc.metrics.on_output(feature, caller.tenant, result.output)
     if not result.meta.cached:
         await svc.limiter.spend(caller.tenant, result.meta.tokens_in + result.meta.tokens_out)
 
@@ -161,6 +163,7 @@ async def call_feature(svc: Services, name: str, request: Request, caller: Calle
     data = parse_body(raw, "input")
     options = parse_options(data.get("options"))
     feature = await _admit(svc, caller, name, 1)
+    svc.metrics.on_input_size(name, caller.tenant, len(raw))
     if SSE in request.headers.get("accept", ""):
         return _stream(svc, caller, feature, data["input"], options, request, raw)
 
@@ -193,7 +196,7 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
             if isinstance(event, Delta):
                 deltas.put_nowait(_sse("delta", {"attempt": event.attempt, "text": event.text}))
             else:
-                await _account(svc, caller, event.result)
+                await _account(svc, caller, event.result, feature)
                 return Stored(200, _result_body(event.result))
         raise AssertionError("a feature stream ends with its result")  # pragma: no cover
 

@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from featurelm.engine.config import RouteConfig
 from featurelm.engine.dispatch import CallRecord
 from featurelm.engine.engine import Meta
+from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.stats import EngineStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -55,6 +56,15 @@ class Metrics:
             "featurelm_feedback", "Feedback given on calls (POST /v1/feedback), by feature, "
             "tenant, override version and kind (score, label, correction).",
             ["feature", "tenant", "version", "kind"], registry=r)
+        self.output_values = Counter(
+            "featurelm_output_values", "Values of enum-valued output fields, per feature and "
+            "tenant (the distribution `featurelm drift` compares).",
+            ["feature", "tenant", "field", "value"], registry=r)
+        self.input_bytes = Histogram(
+            "featurelm_input_bytes", "Request body size of feature calls, per feature and tenant.",
+            ["feature", "tenant"], buckets=(256, 1024, 4096, 16384, 65536, 262144), registry=r)
+        #: Enum-valued output fields per (feature, version): the values `output_values` counts.
+        self._enums: dict[tuple[str, int], dict[str, frozenset[str]]] = {}
         self.feedback_score = Histogram(
             "featurelm_feedback_score", "Scores given as feedback (0 = wrong .. 1 = right).",
             ["feature", "tenant", "version"], buckets=(0.2, 0.4, 0.6, 0.8, 1.0), registry=r)
@@ -94,6 +104,25 @@ class Metrics:
             self.feedback.labels(feature, who, shown, "label").inc()
         if corrected:
             self.feedback.labels(feature, who, shown, "correction").inc()
+
+    def on_output(self, feature: LoadedFeature, tenant: str | None,
+                  output: Mapping[str, object]) -> None:
+        """Count the enum-valued fields of a schema-valid output (bounded label values)."""
+        key = (feature.name, feature.spec.version)
+        enums = self._enums.get(key)
+        if enums is None:
+            properties = feature.spec.output.get("properties")
+            enums = self._enums[key] = {
+                name: frozenset(str(v) for v in sub["enum"])
+                for name, sub in (properties.items() if isinstance(properties, dict) else ())
+                if isinstance(sub, dict) and isinstance(sub.get("enum"), list)}
+        for field, allowed in enums.items():
+            value = output.get(field)
+            if isinstance(value, str) and value in allowed:
+                self.output_values.labels(feature.name, tenant or "-", field, value).inc()
+
+    def on_input_size(self, feature: str, tenant: str | None, size: int) -> None:
+        self.input_bytes.labels(feature, tenant or "-").observe(size)
 
     def on_input_refused(self, feature: str) -> None:
         self.validation_failures.labels(feature, "input").inc()

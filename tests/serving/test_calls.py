@@ -133,3 +133,11 @@ async def test_invalid_feedback_is_a_422_naming_the_problem(
                                       headers=client.keys.bearer("acme"))
     assert response.status_code == 422
     assert needle in response.text
+
+
+async def test_metrics_carry_enum_output_values_and_input_sizes(client: Client) -> None:
+    await call(client, "acme")
+    text = (await client.http.get("/metrics", headers=client.keys.bearer("admin"))).text
+    assert 'featurelm_output_values_total{feature="sentiment",field="sentiment",' \
+           'tenant="acme",value="positive"} 1.0' in text
+    assert 'featurelm_input_bytes_count{feature="sentiment",tenant="acme"} 1.0' in text
