@@ -43,6 +43,13 @@ def load_as_what_it_is(data: dict[str, Any]) -> None:
         FeatureSpec.model_validate(data)
     elif set(data) == {"cache"} and isinstance(data["cache"], dict):
         CachePolicy.model_validate(data["cache"])  # the cache section of a feature file
+    elif "content_type_overrides" in data:
+        # The openapi-python-client settings of docs/http.md, checked by the generator's own
+        # model; it ignores unknown keys, so a misspelt one is caught here.
+        from openapi_python_client.config import ConfigFile
+
+        assert set(data) <= set(ConfigFile.model_fields), set(data) - set(ConfigFile.model_fields)
+        ConfigFile.model_validate(data)
     elif set(data) & {"prompt", "examples"}:
         # A tenant override: every shipped feature it could be for is tried.
         specs = [FeatureSpec.model_validate(yaml.safe_load(p.read_text()))
