@@ -66,6 +66,8 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
         out += await rows.cold_start(h, python, litellm_venv.ENV, sizes)
     if fl is not None and on("6"):
         out += await rows.structured(h, fl, sizes)
+    if on("8"):
+        out += await rows.tracing(h, sizes)
     return out
 
 

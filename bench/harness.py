@@ -58,9 +58,9 @@ class Harness:
         return server
 
     def start_featurelm(self, name: str, *, cache: str = "none", key_prefix: str = "featurelm:",
-                        core: int | None = None) -> Server:
+                        core: int | None = None, extra: dict[str, Any] | None = None) -> Server:
         config = write_featurelm_project(self.root, mock_url=self.mock_url, cache=cache,
-                                         key_prefix=key_prefix, name=name)
+                                         key_prefix=key_prefix, name=name, extra=extra)
         return self.start(name, featurelm_argv(config, "{port}"), "/readyz",
                           core=self.cores.gateway if core is None else core)
 

@@ -34,7 +34,8 @@ assert json.loads(VALID_CONTENT)["sentiment"] in OUTPUT_SCHEMA["properties"]["se
 
 
 def write_featurelm_project(root: Path, *, mock_url: str, cache: str = "none",
-                            key_prefix: str = "featurelm:", name: str = "featurelm") -> Path:
+                            key_prefix: str = "featurelm:", name: str = "featurelm",
+                            extra: dict[str, Any] | None = None) -> Path:
     """A project whose one route is the mock (kind openai); returns the config path.
 
     Auth is off and the rate limit unlimited: the bench measures the call path, not a
@@ -55,6 +56,7 @@ def write_featurelm_project(root: Path, *, mock_url: str, cache: str = "none",
         "store": f"sqlite:///{project / 'featurelm.db'}",
         "auth": "off",
         "http": {"rate_limit_per_minute": 0, "drain_s": 0},
+        **(extra or {}),
     }
     path = project / "featurelm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -377,3 +377,35 @@ async def structured(h: Harness, fl: Server, sizes: Sizes, rate: float = 0.2) ->
                   fmt="{:.3f}"),
     ]
 
+
+# -- 8. cost of call traces ----------------------------------------------------------------------
+
+async def tracing(h: Harness, sizes: Sizes) -> list[Row]:
+    """Per-call overhead over the mock with traces off (sample_rate 0) and on (1), against a
+    server with no `traces:` key at all, interleaved in one run."""
+    await h.mock_control(latency_s=0.0, violation_rate=0.0)
+    servers = {"baseline": h.start_featurelm("trace-baseline"),
+               "off": h.start_featurelm("trace-off", extra={"traces": {"sample_rate": 0}}),
+               "on": h.start_featurelm("trace-on", extra={"traces": {"sample_rate": 1}})}
+    conns = {"direct": Connection(h.mock_url),
+             **{name: Connection(server.url) for name, server in servers.items()}}
+    calls: dict[str, Call] = {"direct": chat_call(conns["direct"]),
+                              **{name: distinct_feature_call(conns[name]) for name in servers}}
+    try:
+        lat = await interleaved(calls, sizes.latency_rounds, sizes.warmup)
+    finally:
+        for conn in conns.values():
+            await conn.close()
+        for server in servers.values():
+            h.stop(server)
+    over = {name: lat[name].p50 - lat["direct"].p50 for name in servers}
+    detail = (f"p50 over the mock: no traces key +{ms(over['baseline'])}, sample_rate 0 "
+              f"+{ms(over['off'])}, sample_rate 1 +{ms(over['on'])}; "
+              f"{sizes.latency_rounds} calls each, interleaved")
+    if over["baseline"] <= 0:
+        return [unavailable("8a", "traces off / no traces, overhead p50", "<= 1.10", detail),
+                unavailable("8b", "traces on / no traces, overhead p50", "report", detail)]
+    return [ratio_row("8a", "traces off / no traces, overhead p50", "<= 1.10",
+                      over["off"] / over["baseline"], lambda v: v <= 1.10, detail),
+            ratio_row("8b", "traces on (rate 1) / no traces, overhead p50", "report",
+                      over["on"] / over["baseline"], lambda v: True, detail)]
