@@ -160,7 +160,7 @@ BOMBS = [
     "{{ body.ljust(300000000)|length }}",
     "{{ body.center(400000000)|length }}",
     "{{ body.zfill(400000000)|length }}",
-    "{{ body.replace('', body.ljust(90000))|length }}",
+    "{{ body.ljust(90000).replace('', body.ljust(90000))|length }}",
     "{{ ([body.ljust(90000)] * 100000)|join|length }}",
     "{{ (body.ljust(90000) ~ '').join([body] * 5000)|length }}",
     "{% set a = body.ljust(90000) %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}"
@@ -169,8 +169,8 @@ BOMBS = [
     "{% set a = body.ljust(90000) %}{% set a = a + a %}{% set a = a + a %}{% set a = a + a %}"
     "{% set a = a + a %}{% set a = a + a %}{% set a = a + a %}{% set a = a + a %}"
     "{% set a = a + a %}{{ a|length }}",
-    "{{ body|indent(body.ljust(90000))|length }}",
-    "{{ body.expandtabs(900000000)|length }}",
+    "{{ body.ljust(20000).replace(' ', '\\n')|indent(body.ljust(90000))|length }}",
+    "{{ ('\\t' ~ body).expandtabs(900000000)|length }}",
     "{{ body.translate({102: body.ljust(90000)})|length }}",
 ]
 
