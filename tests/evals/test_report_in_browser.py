@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from matplotlib import image
 
 from featurelm.evals.reports import plots, write_reports
-from featurelm.evals.results import SuiteResult
+from featurelm.evals.results import CaseResult, FeatureResult, SuiteResult
+from tests.evals.conftest import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -58,3 +60,45 @@ def test_chromium_renders_the_plots_and_the_failing_cases(suite: SuiteResult,
     assert colour_share(pixels, plots.FAIL_COLOR) > 0.004
     assert colour_share(pixels, plots.PASS_COLOR) > 0.004
     assert colour_share(pixels, plots.SERIES_COLORS[0]) > 0.004  # latency and cost bars
+
+
+def test_a_free_run_with_a_zero_feature_shows_the_note_and_the_zero_bar(
+        tmp_path: Path) -> None:
+    """All costs $0 (a local model) and one feature at 0%: the cost plot is the note, not an
+    empty axis, and the 0% feature still has a red bar beside the green one. The screenshot
+    stays in the test's tmp dir for a person to look at."""
+    suite = SuiteResult(features=[
+        FeatureResult(name="classify_ticket", threshold=0.5, cases=[
+            CaseResult(f"c{i}", {"text": str(i)}, runs=[make_run(True, cost=0.0)])
+            for i in range(3)]),
+        FeatureResult(name="detect_language", threshold=0.5, cases=[
+            CaseResult(f"d{i}", {"text": str(i)}, runs=[make_run(False, cost=0.0)])
+            for i in range(2)]),
+    ], meta={"mode": "replay"})
+    report = tmp_path / "report"
+    write_reports(suite, report)
+    url = (report / "report.html").as_uri()
+
+    dom = chromium(tmp_path, "--dump-dom", url).stdout
+    sizes = {m["id"]: (int(m["w"]), int(m["h"])) for m in re.finditer(
+        r'<img id="(?P<id>plot-[a-z-]+)" alt="[^"]*" width="(?P<w>\d+)"\s+height="(?P<h>\d+)"',
+        dom)}
+    assert set(sizes) == {"plot-pass-rate", "plot-latency", "plot-cost"}, dom
+    width, height = sizes["plot-cost"]
+    assert height * 4 < width, "the cost plot is an axis, not the one-line $0 note"
+
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2600", url)
+    pixels = image.imread(shot)
+    green = np.abs(pixels[..., :3] - rgb(plots.PASS_COLOR)).max(axis=-1) < 0.04
+    red = np.abs(pixels[..., :3] - rgb(plots.FAIL_COLOR)).max(axis=-1) < 0.04
+    bar_rows = np.flatnonzero(green.sum(axis=1) > 150)
+    assert bar_rows.size, "no green pass-rate bar on the page"
+    left = int(np.flatnonzero(green[bar_rows].any(axis=0)).min())
+    # The 0% feature's stub starts where the green bar does, a row or two away.
+    near = red[max(int(bar_rows.min()) - 200, 0):int(bar_rows.max()) + 200, left:left + 12]
+    assert near.sum() > 30, "the 0% bar is not visible"
+
+
+def rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
