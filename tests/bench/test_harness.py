@@ -120,11 +120,11 @@ def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
                          timeout=240, check=False, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "6a", "6b"}
+    assert set(rows) == {"1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "6a", "6b", "8a", "8b"}
     for key in ("1a", "1b", "2b", "5a"):
         assert rows[key]["verdict"] == "not available"
         assert "LiteLLM" in rows[key]["detail"]
-    for key in ("2a", "2c", "5b", "6a", "6b"):
+    for key in ("2a", "2c", "5b", "6a", "6b", "8a", "8b"):
         assert rows[key]["value"] is not None, rows[key]
     # Every call under load answered, and without violations one upstream call per answer.
     assert rows["2c"]["value"] == 1.0
