@@ -78,7 +78,7 @@ def model_server(install: Install) -> Iterator[str]:
     wait_until_up(f"http://127.0.0.1:{port}/health", process)
     yield url
     process.terminate()
-    process.wait(timeout=10)
+    process.communicate(timeout=10)
 
 
 @pytest.fixture(scope="module")
