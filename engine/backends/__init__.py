@@ -36,6 +36,8 @@ ADAPTER_MODULES: dict[str, str] = {
     "openai": "featurelm.engine.backends.openai_compat",
     "hosted": "featurelm.engine.backends.hosted",
 }
+#: kind -> the extra that installs its library (a plain install has none of them).
+ADAPTER_EXTRAS: dict[str, str] = {"hosted": "hosted"}
 
 
 def register(kind: str) -> Callable[[BackendFactory], BackendFactory]:
@@ -49,7 +51,16 @@ def register(kind: str) -> Callable[[BackendFactory], BackendFactory]:
 def build_backend(name: str, config: BackendConfig) -> Backend:
     """Instantiate the adapter for `config.kind`; raises ContractError for an unknown kind."""
     if config.kind not in _FACTORIES and config.kind in ADAPTER_MODULES:
-        importlib.import_module(ADAPTER_MODULES[config.kind])
+        try:
+            importlib.import_module(ADAPTER_MODULES[config.kind])
+        except ModuleNotFoundError as exc:
+            extra = ADAPTER_EXTRAS.get(config.kind)
+            if extra is None or (exc.name or "featurelm").startswith("featurelm"):
+                raise
+            raise ContractError([ContractIssue(
+                "featurelm.yaml", f"backends.{name}.kind",
+                f"kind {config.kind!r} needs {exc.name}, which is not installed",
+                f"pip install 'featurelm[{extra}]'")]) from None
     factory = _FACTORIES.get(config.kind)
     if factory is None:
         raise ContractError([ContractIssue(

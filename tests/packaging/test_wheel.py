@@ -199,3 +199,17 @@ def test_eval_writes_reports_without_plots_and_says_how_to_get_them(
     missing = install.featurelm("eval", "classify_ticket", "--config", str(deployment))
     assert missing.returncode == 2
     assert "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_hosted_route_on_a_plain_install_names_the_extra_in_one_line(
+        install: Install, deployment: Path) -> None:
+    config = yaml.safe_load(deployment.read_text())
+    config["backends"]["openai"] = {"kind": "hosted", "model": "openai/gpt-4o-mini"}
+    config["routes"]["hosted"] = {"backends": ["openai"]}
+    path = deployment.with_name("hosted.yaml")
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    done = install.featurelm("check", "--config", str(path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "litellm, which is not installed" in done.stderr
+    assert "pip install 'featurelm[hosted]'" in done.stderr
