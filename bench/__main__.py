@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import litellm_venv, rows
+from bench import grammar_rows, litellm_venv, rows
 from bench.harness import Harness, Server
 from bench.procs import pin_self
 from bench.report import Row, machine, render, today
@@ -66,6 +66,10 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
         out += await rows.cold_start(h, python, litellm_venv.ENV, sizes)
     if fl is not None and on("6"):
         out += await rows.structured(h, fl, sizes)
+    if on("7"):
+        # In a thread: the corpus runs in child processes the bench waits for.
+        out += await asyncio.to_thread(grammar_rows.corpus_rows, sizes.corpus_k8s_step)
+        out.append(await asyncio.to_thread(grammar_rows.mask_row, sizes.mask_calls))
     if on("8"):
         out += await rows.tracing(h, sizes)
     return out

@@ -39,11 +39,15 @@ class Sizes:
     coalesce: int = 100
     structured_calls: int = 500
     cold_starts: int = 3
+    #: Row 7: every n-th Kubernetes schema of the corpus, and timed generations per kind.
+    corpus_k8s_step: int = 1
+    mask_calls: int = 4
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(latency_rounds=10, warmup=2, clients=4, per_client=3, cache_rounds=10,
-                   coalesce=10, structured_calls=10, cold_starts=1)
+                   coalesce=10, structured_calls=10, cold_starts=1, corpus_k8s_step=50,
+                   mask_calls=1)
 
 
 def ms(seconds: float) -> str:
