@@ -15,12 +15,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurelm.engine.backends import Backend
+from featurelm.engine.backends.base import PooledBackend
 from featurelm.engine.cache import BackendId, CacheEntry, CachePlan, ResultCache, build_store
 from featurelm.engine.capability import check_routes
 from featurelm.engine.config import EngineConfig, load_config
@@ -39,6 +40,7 @@ from featurelm.engine.types import Completion, CompletionRequest
 
 if TYPE_CHECKING:
     from featurelm.engine.store import Store
+    from featurelm.engine.streaming import StreamEvent
 
 log = logging.getLogger("featurelm.engine")
 
@@ -289,7 +291,9 @@ class Engine:
         return EngineStats(
             cache_hits=cache.hits, cache_misses=cache.misses, cache_stores=cache.stores,
             cache_coalesced=cache.coalesced, cache_failures=self.cache.failures,
-            store_failures=self._store_connect_failures + (store.failures if store else 0))
+            store_failures=self._store_connect_failures + (store.failures if store else 0),
+            pools=tuple(b.pool_stats() for b in self.backends.values()
+                        if isinstance(b, PooledBackend)))
 
     def on_call(self, listener: Callable[[CallRecord], None]) -> None:
         """Be told of every backend call (usage, cost, attempts), labelled with feature and
@@ -370,6 +374,17 @@ class Engine:
                           tenant: str | None = None, options: RunOptions | None = None) -> Result:
         """Run an already resolved feature (a candidate override under evaluation, say)."""
         return await self.execute(self.prepare(feature, input, tenant=tenant, options=options))
+
+    async def stream(self, feature_name: str, input: Any, *, tenant: str | None = None,
+                     options: RunOptions | None = None) -> AsyncIterator[StreamEvent]:
+        """Run a feature as `run` does, yielding `Delta`s of model text as it is written, then
+        one `Done` with the schema-valid result. Bad input raises before the first event."""
+        from featurelm.engine.streaming import FeatureStream
+
+        feature = await self.resolve(feature_name, tenant)
+        stream = FeatureStream(self, feature, input, tenant=tenant, options=options)
+        async for event in stream.events():
+            yield event
 
     # -- The pipeline: every JSON, batch and streamed call takes these two steps ---------------
 

@@ -24,3 +24,20 @@ class EngineStats:
     #: Tenant store operations (connects included) that failed: the store was unreachable,
     #: timed out or refused the query.
     store_failures: int
+    #: Connection pools of the HTTP backends (in flight, waiting), one entry per backend.
+    pools: tuple[PoolStats, ...] = ()
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One HTTP backend's connection pool at this moment (gauges), and its queue timeouts
+    since start (a counter)."""
+
+    backend: str
+    #: `max_connections`: calls this backend may have in flight at once.
+    limit: int
+    in_flight: int
+    #: Calls waiting for a free connection: above zero, the backend is the bottleneck.
+    waiting: int
+    #: Calls that gave up waiting for a connection (504, or the route's next backend).
+    queue_timeouts: int

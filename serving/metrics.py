@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from featurelm.engine.config import RouteConfig
@@ -162,4 +162,27 @@ class EngineCollector:
         store_failures = CounterMetricFamily(
             "featurelm_store_failures", "Tenant store operations (connects included) that "
             "failed.", s.store_failures)
-        return [lookups, stores, coalesced, cache_failures, store_failures]
+        return [lookups, stores, coalesced, cache_failures, store_failures, *pool_metrics(s)]
+
+
+def pool_metrics(s: EngineStats) -> list[Metric]:
+    """Per HTTP backend: its connection limit, calls in flight, calls waiting for a free
+    connection (above zero, the backend's max_connections is the bottleneck) and calls that
+    gave up waiting."""
+    labels = ["backend"]
+    limit = GaugeMetricFamily("featurelm_backend_connections_limit",
+                              "max_connections: calls a backend may have in flight.", labels=labels)
+    in_flight = GaugeMetricFamily("featurelm_backend_calls_in_flight",
+                                  "Calls holding a connection to the backend now.", labels=labels)
+    waiting = GaugeMetricFamily(
+        "featurelm_backend_calls_waiting", "Calls waiting for a free connection to the "
+        "backend now (queued in the engine, not yet sent).", labels=labels)
+    timeouts = CounterMetricFamily(
+        "featurelm_backend_queue_timeouts", "Calls that waited queue_timeout_s (or their "
+        "deadline) for a free connection and gave up.", labels=labels)
+    for pool in s.pools:
+        limit.add_metric([pool.backend], pool.limit)
+        in_flight.add_metric([pool.backend], pool.in_flight)
+        waiting.add_metric([pool.backend], pool.waiting)
+        timeouts.add_metric([pool.backend], pool.queue_timeouts)
+    return [limit, in_flight, waiting, timeouts]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
+from featurelm.engine.stats import PoolStats
 from featurelm.engine.types import Capabilities, Completion, CompletionRequest, Usage
 
 
@@ -28,3 +29,10 @@ class StreamingBackend(Backend, Protocol):
     with the provider's `Usage` for the call; without one the engine counts the tokens."""
 
     def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]: ...
+
+
+@runtime_checkable
+class PooledBackend(Protocol):
+    """A backend with a connection pool whose load /metrics shows (in flight, waiting)."""
+
+    def pool_stats(self) -> PoolStats: ...

@@ -20,12 +20,14 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
+from featurelm.engine.backends.pool import ConnectionGate
 from featurelm.engine.backends.provider_errors import (
     MalformedResponse,
     ProviderStatusError,
     mapped_errors,
 )
 from featurelm.engine.config import BackendConfig
+from featurelm.engine.stats import PoolStats
 from featurelm.engine.tokens import count_prompt_tokens, count_text_tokens
 from featurelm.engine.types import (
     Capabilities,
@@ -39,6 +41,11 @@ from featurelm.engine.types import (
 HTTP_DIALECTS: tuple[StructuredDialect, ...] = (
     "json_schema", "structured_outputs", "json_object_schema", "none")
 DEFAULT_CONTEXT_WINDOW = 8192
+#: vLLM's V1 engine runs up to 1024 sequences at once on a large GPU (`--max-num-seqs`, 256
+#: on smaller ones) and queues the rest itself; 2048 in flight lets one engine replica keep
+#: two such servers full. See docs/deploy.md, "Sizing", for sizing it from the servers'.
+DEFAULT_MAX_CONNECTIONS = 2048
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
 
 
 class OpenAIOptions(BaseModel):
@@ -51,7 +58,14 @@ class OpenAIOptions(BaseModel):
     api_key_env: str | None = Field(None, description="Name of the env var holding the API key.")
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
-    max_connections: int = Field(100, ge=1, description="Pool size across all replicas.")
+    max_connections: int = Field(
+        DEFAULT_MAX_CONNECTIONS, ge=1,
+        description="Calls in flight at once to this backend, across all its replicas (one "
+        "connection each); calls beyond it wait for a free connection.")
+    queue_timeout_s: float = Field(
+        DEFAULT_QUEUE_TIMEOUT_S, gt=0,
+        description="Most seconds a call waits for a free connection (never past its "
+        "deadline) before it fails with 504 or moves on to the route's next backend.")
     keepalive_s: float = Field(
         15.0, ge=0, description="How long an idle connection is kept open for the next call; "
         "0 closes each connection after its call.")
@@ -192,7 +206,8 @@ class OpenAICompatBackend:
                  structured: StructuredDialect = "json_schema",
                  send_cache_salt: bool | None = None, streaming: bool = True,
                  connect_timeout: float = 5.0, read_timeout: float = 60.0,
-                 max_connections: int = 100, keepalive_s: float = 15.0,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, keepalive_s: float = 15.0,
                  headers: Mapping[str, str] | None = None,
                  context_window: int = DEFAULT_CONTEXT_WINDOW, tokenizer: str = "cl100k_base"):
         self.name = name
@@ -209,15 +224,19 @@ class OpenAICompatBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
+        self._queue_timeout_s = queue_timeout_s
         self._keepalive_s = keepalive_s
-        #: One session per event loop: a session's connections belong to the loop that made
-        #: them (the CLI and tests may run several loops over one backend).
+        #: One session and gate per event loop: a session's connections belong to the loop
+        #: that made them (the CLI and tests may run several loops over one backend).
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._gates: dict[asyncio.AbstractEventLoop, ConnectionGate] = {}
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
+            # The gate enforces max_connections and times the wait; the connector's own limit
+            # is the same number, so it never queues a call the gate let through.
             connector = (aiohttp.TCPConnector(limit=self._max_connections, force_close=True)
                          if self._keepalive_s == 0 else
                          aiohttp.TCPConnector(limit=self._max_connections,
@@ -226,6 +245,22 @@ class OpenAICompatBackend:
                                             trust_env=False)
             self._sessions[loop] = session
         return session
+
+    def _gate(self) -> ConnectionGate:
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = ConnectionGate(self.name, self._max_connections,
+                                                      self._queue_timeout_s)
+        return gate
+
+    def pool_stats(self) -> PoolStats:
+        """Calls in flight and waiting for a connection, over every event loop's pool."""
+        gates = list(self._gates.values())
+        return PoolStats(backend=self.name, limit=self._max_connections,
+                         in_flight=sum(g.in_flight for g in gates),
+                         waiting=sum(g.waiting for g in gates),
+                         queue_timeouts=sum(g.timed_out for g in gates))
 
     def _timeout(self, request: CompletionRequest) -> aiohttp.ClientTimeout:
         budget = self._read_timeout if request.timeout is None else max(request.timeout, 0.001)
@@ -239,6 +274,10 @@ class OpenAICompatBackend:
                                     stream=stream)).encode()
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        async with self._gate().slot(request.timeout):
+            return await self._complete(request)
+
+    async def _complete(self, request: CompletionRequest) -> Completion:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
             # Reads are timed one by one; the overall budget also bounds a trickling body.
             async with asyncio.timeout(request.timeout), self._session().post(
@@ -257,6 +296,11 @@ class OpenAICompatBackend:
                           usage=usage, finish_reason=finish)
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
+        async with self._gate().slot(request.timeout):
+            async for item in self._stream(request):
+                yield item
+
+    async def _stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
             async with self._session().post(
                     f"{replica.url}/chat/completions", data=self._body(request, stream=True),
@@ -287,7 +331,9 @@ class OpenAICompatBackend:
                         yield usage
 
     async def aclose(self) -> None:
-        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        self._gates.pop(loop, None)
+        session = self._sessions.pop(loop, None)
         if session is not None:
             await session.close()
 
@@ -303,6 +349,7 @@ def _from_config(name: str, config: BackendConfig) -> OpenAICompatBackend:
         api_key=api_key, structured=structured,
         send_cache_salt=options.send_cache_salt, streaming=options.streaming,
         connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
-        max_connections=options.max_connections, keepalive_s=options.keepalive_s,
+        max_connections=options.max_connections, queue_timeout_s=options.queue_timeout_s,
+        keepalive_s=options.keepalive_s,
         headers=options.headers, context_window=config.context_window or DEFAULT_CONTEXT_WINDOW,
         tokenizer=config.tokenizer or "cl100k_base")
