@@ -26,6 +26,7 @@ from featurelm.engine.errors import (
     UnavailableError,
 )
 from featurelm.engine.stats import EngineStats
+from featurelm.engine.streaming import Delta, Done, StreamEvent
 
 # Errors an in-process call can raise (the HTTP-only ones, such as rate limits and API key
 # refusals, belong to the server), and the records their attributes hold.
@@ -35,6 +36,8 @@ __all__ = [
     "BackendTimeout",
     "ContractError",
     "ContractIssue",
+    "Delta",
+    "Done",
     "Engine",
     "EngineStats",
     "FeaturelmError",
@@ -45,6 +48,7 @@ __all__ = [
     "Result",
     "RunOptions",
     "SchemaViolation",
+    "StreamEvent",
     "TooLargeError",
     "UnavailableError",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.resources
+import json
 import re
 import subprocess
 import sys
@@ -152,3 +153,25 @@ def test_the_engines_config_cannot_be_replaced(make_project: ProjectFactory) -> 
     engine = Engine.from_config(make_project())
     with pytest.raises(AttributeError):
         engine.config = engine.config  # type: ignore[misc]
+
+
+async def test_a_stream_yields_the_models_text_then_the_same_result_as_run(
+        make_project: ProjectFactory) -> None:
+    async with Engine.from_config(make_project()) as engine:
+        events = [event async for event in engine.stream(
+            "sentiment", {"text": "great"}, options=featurelm.RunOptions(cache_read=False))]
+        ran = await engine.run("sentiment", {"text": "great"},
+                               options=featurelm.RunOptions(cache_read=False))
+    *deltas, done = events
+    assert deltas and all(isinstance(d, featurelm.Delta) for d in deltas)
+    assert isinstance(done, featurelm.Done)
+    assert json.loads("".join(d.text for d in deltas)) == done.result.output == ran.output
+    assert done.result.meta.backend == ran.meta.backend == "primary"
+
+
+async def test_a_stream_with_bad_input_raises_before_its_first_event(
+        make_project: ProjectFactory) -> None:
+    async with Engine.from_config(make_project()) as engine:
+        events = engine.stream("sentiment", {"text": 5})
+        with pytest.raises(featurelm.InputError):
+            await anext(events)
