@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from featurelm.engine import Engine
-from featurelm.serving import admin, calls, features, ops, problems
+from featurelm.serving import admin, calls, console, features, ops, problems
 from featurelm.serving.idempotency import Idempotency
 from featurelm.serving.kv import KVCollector, ResilientKV, kv_for
 from featurelm.serving.limits import BodyLimitMiddleware, Limiter
@@ -67,6 +67,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
     app.include_router(admin.router)
     app.include_router(calls.router)
     app.include_router(ops.router)
+    console.install(app)
     install_openapi(app, engine.features(), config.http.batch_max_items)
     # Innermost first. Feature calls are answered ahead of FastAPI's router; the request id
     # (outermost) covers them and the body-limit refusals too.
