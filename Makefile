@@ -14,7 +14,7 @@ EXTRAS ?= dev
 # tests import what a release would contain. Dependencies re-install only when the project
 # metadata changes (pip's wheel cache keeps the llama-cpp-python build, several minutes the
 # first time); the package itself whenever a source file changes.
-SOURCES := $(shell git ls-files featurelm engine serving evals 2>/dev/null)
+SOURCES := $(shell git ls-files --cached --others --exclude-standard featurelm engine serving evals 2>/dev/null)
 # Several shells may share one venv; pip must not run twice at once in it.
 LOCKED := flock $(VENV)/.install.lock
 
