@@ -5,7 +5,7 @@ session's key), CSRF checks, form bodies, the page headers (CSP and friends) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,7 @@ class ConsoleRoute(APIRoute):
     """Console handlers answer HTML: sign-in redirects, error pages instead of problem+json,
     the console's security headers and the session cookie on every response."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
@@ -175,7 +175,7 @@ class ConsoleRoute(APIRoute):
                 response.headers.setdefault(name, value)
             session: Session | None = getattr(request.state, "console_session", None)
             if session is not None:
-                response.set_cookie(COOKIE, session.id, max_age=sessions(request).idle_s,
+                response.set_cookie(COOKIE, session.id, max_age=int(sessions(request).idle_s),
                                     path=PREFIX, secure=True, httponly=True, samesite="strict")
             return response
 
