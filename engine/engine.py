@@ -32,15 +32,18 @@ from featurelm.engine.overrides import EvalGate, Overrides
 from featurelm.engine.prompts import PromptRenderer, RenderLimits, TemplateRefused
 from featurelm.engine.schemas import MAX_INSTANCE_DEPTH, json_depth, violations
 from featurelm.engine.stats import EngineStats
-from featurelm.engine.structured import generate_structured
+from featurelm.engine.structured import AttemptListener, generate_structured
 from featurelm.engine.text import describe, lone_surrogate_path
 from featurelm.engine.traces import Trace, TraceWriter, current_trace
 from featurelm.engine.traces import begin as begin_trace
 from featurelm.engine.types import Completion, CompletionRequest
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from featurelm.engine.store import Store
     from featurelm.engine.streaming import StreamEvent
+    from featurelm.engine.telemetry import Spans
 
 log = logging.getLogger("featurelm.engine")
 
@@ -127,7 +130,8 @@ class PreparedCall:
 
 class Engine:
     def __init__(self, config: EngineConfig, *, backend_wrapper: BackendWrapper | None = None,
-                 eval_gate: EvalGate | None = None):
+                 eval_gate: EvalGate | None = None,
+                 tracer_provider: TracerProvider | None = None):
         self._config = config
         limits = config.limits
         self.renderer = PromptRenderer(
@@ -161,12 +165,17 @@ class Engine:
         #: Samples calls for tracing and stores their traces in the background.
         self.traces = TraceWriter(config.traces, self.registry.names(), self.store)
         self._tracing = self.traces.enabled
+        #: OpenTelemetry spans, when the program set up tracing (engine.telemetry); else None.
+        self._spans = _spans(config, tracer_provider)
+        self.dispatcher.spans = self._spans
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, *,
                     backend_wrapper: BackendWrapper | None = None,
-                    eval_gate: EvalGate | None = None) -> Engine:
-        return cls(load_config(path), backend_wrapper=backend_wrapper, eval_gate=eval_gate)
+                    eval_gate: EvalGate | None = None,
+                    tracer_provider: TracerProvider | None = None) -> Engine:
+        return cls(load_config(path), backend_wrapper=backend_wrapper, eval_gate=eval_gate,
+                   tracer_provider=tracer_provider)
 
     async def store(self) -> Store:
         """The tenant store, connected (and migrated) on first use."""
@@ -443,9 +452,37 @@ class Engine:
         route's backends until the output is schema-valid; then cache it. With `on_text`,
         each attempt's text goes to it as the model writes (a streamed call); usage and cost
         are recorded by the dispatcher, once per upstream call, either way."""
+        if self._spans is not None:
+            return await self._spanned(call, on_text, self._spans)
         if call.trace is not None:
             return await self._traced(call, on_text, call.trace, store=True)
         return await self._execute(call, on_text)
+
+    async def _spanned(self, call: PreparedCall, on_text: AttemptSink | None,
+                       spans: Spans) -> Result:
+        span = spans.start_call(
+            feature=call.feature.name, feature_version=call.feature.spec.version,
+            override_version=call.feature.override_version, tenant=call.tenant,
+            route=call.route, request=call.request, started=call.started)
+        try:
+            with spans.current(span):
+                if call.trace is not None:
+                    result = await self._traced(call, on_text, call.trace, store=True)
+                else:
+                    result = await self._execute(call, on_text)
+        except BaseException as exc:
+            spans.call_failed(span, exc)
+            raise
+        else:
+            meta = result.meta
+            spans.call_succeeded(
+                span, model=meta.model, backend=meta.backend, attempts=meta.attempts,
+                cached=meta.cached, tokens_in=meta.tokens_in, tokens_out=meta.tokens_out,
+                cost_usd=meta.cost_usd,
+                stages_ms=call.trace.stages_ms if call.trace is not None else None)
+            return result
+        finally:
+            span.end()
 
     async def _traced(self, call: PreparedCall, on_text: AttemptSink | None, trace: Trace, *,
                       store: bool) -> Result:
@@ -496,9 +533,12 @@ class Engine:
                 cost += dispatched.record.cost_usd
                 return dispatched.completion
 
+            on_attempt: AttemptListener | None = None if trace is None else trace.on_attempt
+            if self._spans is not None:
+                on_attempt = self._spans.on_attempt(on_attempt)
             result = await generate_structured(
                 complete, call.request, schema, call.feature.spec.model.max_attempts,
-                on_attempt=None if trace is None else trace.on_attempt)
+                on_attempt=on_attempt)
             completion = result.completion
             meta = self._meta(call, backend=completion.backend, model=completion.model,
                               attempts=result.attempts, tokens_in=result.tokens_in,
@@ -545,3 +585,11 @@ class Engine:
                     tokens_in=tokens_in, tokens_out=tokens_out,
                     latency_ms=round((time.monotonic() - call.started) * 1000, 2),
                     cost_usd=cost_usd, cached=cached)
+
+
+def _spans(config: EngineConfig, provider: TracerProvider | None) -> Spans | None:
+    """Spans when a TracerProvider was given or set globally; imports nothing otherwise."""
+    from featurelm.engine.telemetry import Spans, configured_tracer_provider
+
+    provider = provider or configured_tracer_provider()
+    return None if provider is None else Spans(provider, config.backends)

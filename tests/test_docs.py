@@ -25,8 +25,8 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_t
 
 def test_every_config_field_is_documented() -> None:
     models: list[type[BaseModel]] = [EngineConfig, BackendConfig, RouteConfig, LimitsConfig,
-                                     HttpConfig, CacheSettings, TracesConfig, OpenAIOptions, HostedOptions,
-                                     LocalOptions, ScriptedOptions]
+                                     HttpConfig, CacheSettings, TracesConfig, OpenAIOptions,
+                                     HostedOptions, LocalOptions, ScriptedOptions]
     missing = [f"{model.__name__}.{name}" for model in models
                for name, field in model.model_fields.items()
                if not field.exclude and f"`{name}`" not in DOC]

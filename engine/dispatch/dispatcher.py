@@ -14,11 +14,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from featurelm.engine.backends import build_backend
 from featurelm.engine.backends.base import Backend, StreamingBackend
-from featurelm.engine.backends.provider_errors import circuit_open, deadline_exceeded, mapped_errors
+from featurelm.engine.backends.provider_errors import (
+    circuit_open,
+    deadline_exceeded,
+    mapped_errors,
+)
 from featurelm.engine.config import BackendConfig, EngineConfig, RouteConfig
 from featurelm.engine.costs import cost_usd
 from featurelm.engine.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker
@@ -32,6 +36,9 @@ from featurelm.engine.tokens import (
     prompt_token_bound,
 )
 from featurelm.engine.types import Completion, CompletionRequest, Usage
+
+if TYPE_CHECKING:
+    from featurelm.engine.telemetry import Spans
 
 T = TypeVar("T")
 #: Receives a reply's text as it is generated (see `Dispatcher.dispatch`).
@@ -203,6 +210,8 @@ class Dispatcher:
         self.default_timeout_s = default_timeout_s
         self.rng = rng or random.Random()
         self.sleep = sleep
+        #: OpenTelemetry spans around each upstream call, set by the Engine when tracing is on.
+        self.spans: Spans | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig, *,
@@ -307,7 +316,12 @@ class Dispatcher:
                 while True:
                     attempt = run.attempt_request(name)
                     try:
-                        completion = await self._attempt(run, name, backend, attempt, on_text)
+                        if self.spans is None:
+                            completion = await self._attempt(run, name, backend, attempt,
+                                                             on_text)
+                        else:
+                            completion = await self._spanned_attempt(
+                                self.spans, run, name, backend, attempt, on_text, retry)
                     except BackendError as error:
                         if run.sent:
                             # The caller has shown this attempt's text: no retry, no fallback.
@@ -329,6 +343,14 @@ class Dispatcher:
         except BackendError as error:
             run.record(None, error)
             raise
+
+    async def _spanned_attempt(self, spans: Spans, run: _Run, name: str, backend: Backend,
+                               request: CompletionRequest, on_text: TextSink | None,
+                               retry: int) -> Completion:
+        with spans.attempt(name, backend.model, request, retry=retry) as span:
+            completion = await self._attempt(run, name, backend, request, on_text)
+            spans.attempt_succeeded(span, completion)
+            return completion
 
     async def _attempt(self, run: _Run, name: str, backend: Backend,
                        request: CompletionRequest, on_text: TextSink | None) -> Completion:
