@@ -1,6 +1,7 @@
 """`featurelm drift FEATURE --since 7d`: has production moved away from the eval dataset?
 
-For each enum-valued output field (expected values from the cases' `equals` assertions) and
+For each enum-valued output field (expected values from the cases' `equals` and `one_of`
+assertions) and
 for input size, the population stability index (PSI) between the eval dataset and the traced
 production calls. PSI above the threshold (0.2 by default: a significant shift) exits 1, so a
 scheduled job can alert on it.
@@ -23,7 +24,7 @@ DEFAULT_THRESHOLD = 0.2
 SIZE_BINS = 5
 
 
-def psi(expected: Mapping[str, int], actual: Mapping[str, int]) -> float:
+def psi(expected: Mapping[str, float], actual: Mapping[str, float]) -> float:
     """Population stability index of `actual` against `expected` (counts per category)."""
     total_e, total_a = sum(expected.values()), sum(actual.values())
     if not total_e or not total_a:
@@ -66,6 +67,29 @@ def size_bins(sizes: Iterable[int], edges: Sequence[int]) -> Counter[str]:
     return counts
 
 
+def expected_values(cases: Iterable[Any], field: str) -> tuple[dict[str, float], int]:
+    """The values the cases expect at top-level `field`, and how many cases say: a case's
+    `equals` counts 1 for its value; a `one_of` (no `equals`) 1/n for each of its n values,
+    since any of them passes."""
+    counts: dict[str, float] = {}
+    cases_seen = 0
+    for case in cases:
+        at_field = [a for a in case.assertions if getattr(a, "path", None) == field]
+        equals = [a for a in at_field if getattr(a, "type", None) == "equals"]
+        one_of = [a for a in at_field if getattr(a, "type", None) == "one_of"]
+        if equals:
+            values = [equals[0].value]
+        elif one_of:
+            values = list(one_of[0].values)
+        else:
+            continue
+        cases_seen += 1
+        for value in values:
+            key = json.dumps(value)
+            counts[key] = counts.get(key, 0.0) + 1 / len(values)
+    return counts, cases_seen
+
+
 @dataclass(frozen=True)
 class FieldDrift:
     field: str
@@ -79,14 +103,9 @@ def compare(schema: Mapping[str, Any], cases: Sequence[Any],
     """PSI per enum field and for input size: eval `cases` against production calls."""
     found: list[FieldDrift] = []
     for field, _values in enum_fields(schema).items():
-        reference: Counter[str] = Counter()
-        for case in cases:
-            for assertion in case.assertions:
-                if getattr(assertion, "type", None) == "equals" and \
-                        getattr(assertion, "path", None) == field:
-                    reference[json.dumps(assertion.value)] += 1
+        reference, reference_cases = expected_values(cases, field)
         actual = Counter(json.dumps(o[field]) for o in outputs if field in o)
-        found.append(FieldDrift(field, psi(reference, actual), sum(reference.values()),
+        found.append(FieldDrift(field, psi(reference, actual), reference_cases,
                                 sum(actual.values())))
     reference_sizes = [input_size(c.input) for c in cases]
     edges = size_edges(reference_sizes)

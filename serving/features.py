@@ -243,6 +243,10 @@ async def call_batch(svc: Services, name: str, request: Request, caller: Caller)
         raise TooLargeError(f"a batch holds at most {limit} inputs; this one has {len(inputs)}")
     options = parse_options(data.get("options"))
     feature = await _admit(svc, caller, name, len(inputs))
+    for input in inputs:
+        # Each item is a call of its own for the input-size distribution drift compares.
+        svc.metrics.on_input_size(name, caller.tenant, len(
+            json.dumps(input, ensure_ascii=False, separators=(",", ":")).encode()))
     gate = asyncio.Semaphore(svc.engine.config.http.batch_concurrency)
 
     async def one(input: Any) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import pytest
 
 from featurelm.cli import main
 from featurelm.engine import Engine
-from featurelm.evals.drift import psi, size_bins, size_edges
+from featurelm.evals.dataset import load_dataset
+from featurelm.evals.drift import expected_values, psi, size_bins, size_edges
 from tests.conftest import ProjectFactory, scripted
 
 TEXTS = [f"review number {i}" for i in range(10)]
@@ -60,6 +61,41 @@ def test_an_unshifted_distribution_passes(
     assert main(["--config", str(config), "drift", "sentiment"]) == 0
     out = capsys.readouterr().out
     assert "sentiment\t0.0\t10\t10\tok" in out
+
+
+@pytest.mark.parametrize(("replies", "status", "code"), [
+    (["neutral", "positive"] * 5, "ok", 0),  # the answers the cases allow, evenly
+    (["negative"], "DRIFT", 1),          # a label no case allows
+])
+def test_one_of_assertions_count_as_expected_values_too(
+        make_project: ProjectFactory, capsys: pytest.CaptureFixture[str], replies: list[str],
+        status: str, code: int) -> None:
+    config = project(make_project, [json.dumps({"sentiment": r}) for r in replies])
+    lines = [json.dumps({"id": f"c{i}", "input": {"text": text}, "assert": [
+        {"type": "one_of", "path": "sentiment", "values": ["neutral", "positive"]}]})
+        for i, text in enumerate(TEXTS)]
+    (config.parent / "evals" / "datasets" / "sentiment.jsonl").write_text("\n".join(lines))
+    assert main(["--config", str(config), "drift", "sentiment"]) == code
+    row = next(line.split("\t") for line in capsys.readouterr().out.splitlines()
+               if line.startswith("sentiment\t"))
+    assert row[2] == "10"  # all ten cases speak about the field
+    assert row[4] == status
+
+
+def test_equals_wins_over_one_of_and_other_assertions_are_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "cases.jsonl"
+    path.write_text("\n".join(json.dumps(c) for c in [
+        {"id": "a", "input": {}, "assert": [
+            {"type": "one_of", "path": "sentiment", "values": ["positive", "neutral"]},
+            {"type": "equals", "path": "sentiment", "value": "positive"}]},
+        {"id": "b", "input": {}, "assert": [
+            {"type": "one_of", "path": "sentiment", "values": ["negative", "neutral"]}]},
+        {"id": "c", "input": {}, "assert": [
+            {"type": "regex", "path": "sentiment", "pattern": "^pos"}]},
+    ]))
+    counts, cases = expected_values(load_dataset(path).cases, "sentiment")
+    assert cases == 2
+    assert counts == {'"positive"': 1.0, '"negative"': 0.5, '"neutral"': 0.5}
 
 
 def test_no_traced_calls_is_exit_2(make_project: ProjectFactory,

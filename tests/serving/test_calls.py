@@ -141,3 +141,20 @@ async def test_metrics_carry_enum_output_values_and_input_sizes(client: Client) 
     assert 'featurelm_output_values_total{feature="sentiment",field="sentiment",' \
            'tenant="acme",value="positive"} 1.0' in text
     assert 'featurelm_input_bytes_count{feature="sentiment",tenant="acme"} 1.0' in text
+
+
+async def test_input_sizes_count_each_batch_item(client: Client) -> None:
+    inputs = [{"text": "ok"}, {"text": "x" * 1500}]
+    response = await client.http.post("/v1/features/sentiment/batch", json={"inputs": inputs},
+                                      headers=client.keys.bearer("acme"))
+    assert response.status_code == 200, response.text
+    text = (await client.http.get("/metrics", headers=client.keys.bearer("admin"))).text
+
+    def bucket(le: str) -> str:
+        return f'featurelm_input_bytes_bucket{{feature="sentiment",le="{le}",tenant="acme"}}'
+
+    assert 'featurelm_input_bytes_count{feature="sentiment",tenant="acme"} 2.0' in text
+    # One item under 256 bytes, one over 1 KiB: sizes are per item, not the whole body.
+    assert f"{bucket('256.0')} 1.0" in text
+    assert f"{bucket('1024.0')} 1.0" in text
+    assert f"{bucket('4096.0')} 2.0" in text
