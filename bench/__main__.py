@@ -10,10 +10,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import grammar_rows, litellm_venv, rows
+from bench import grammar_rows, litellm_venv, rows, scale
 from bench.harness import Harness, Server
 from bench.procs import pin_self
-from bench.report import Row, machine, render, today
+from bench.report import Row, load_average, machine, render, today
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
 
 
 async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
-                  notes: list[str]) -> list[Row]:
+                  notes: list[str], scale_sizes: scale.ScaleSizes) -> list[Row]:
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
 
     def on(row: str) -> bool:
@@ -41,7 +41,7 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
 
     h.start_mock()
     bin_dir = None
-    if not args.no_litellm and (on("1") or on("2") or on("5")):
+    if not args.no_litellm and (on("1") or on("2") or on("5") or on("9")):
         bin_dir = litellm_venv.ensure_venv(h.root / "litellm-install.log")
         notes.append(f"LiteLLM {litellm_venv.version(bin_dir)} (proxy, 1 uvicorn worker)")
     out: list[Row] = []
@@ -49,13 +49,15 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
     ll: Server | None = None
     if on("1") or on("2") or on("6"):
         fl = h.start_featurelm("featurelm")
-    if bin_dir is not None and (on("1") or on("2")):
+    if bin_dir is not None and (on("1") or on("2") or on("9")):
         ll = h.start_litellm(bin_dir)
         notes.append(f"LiteLLM proxy ready in {ll.ready_s:.1f} s, {ll.rss_mib:.0f} MiB RSS")
     if fl is not None and on("1"):
         out += await rows.overhead(h, fl, ll, sizes)
     if fl is not None and on("2"):
         out += await rows.throughput(h, fl, ll, sizes)
+    if on("9"):
+        out += await scale.concurrency(h, ll, scale_sizes)
     if ll is not None:
         h.stop(ll)
     if on("3") or on("4"):
@@ -64,6 +66,8 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
     if on("5"):
         python = bin_dir / "python" if bin_dir is not None else None
         out += await rows.cold_start(h, python, litellm_venv.ENV, sizes)
+    if on("10"):
+        out += await scale.streams(h, scale_sizes)
     if fl is not None and on("6"):
         out += await rows.structured(h, fl, sizes)
     if on("7"):
@@ -81,15 +85,17 @@ def main() -> int:
     # The client (this process) shares the mock's core; each gateway gets the other core.
     pin_self(h.cores.client)
     sizes = rows.Sizes.quick() if args.quick else rows.Sizes()
+    scale_sizes = scale.ScaleSizes.quick() if args.quick else scale.ScaleSizes()
+    open_files = scale.raise_open_files()
     notes: list[str] = []
     started = time.perf_counter()
     try:
         try:
             import uvloop
 
-            result = uvloop.run(measure(h, args, sizes, notes))
+            result = uvloop.run(measure(h, args, sizes, notes, scale_sizes))
         except ImportError:
-            result = asyncio.run(measure(h, args, sizes, notes))
+            result = asyncio.run(measure(h, args, sizes, notes, scale_sizes))
     except BaseException:
         print(f"bench failed; configs and server logs kept in {h.root}", file=sys.stderr)
         h.close(keep_logs=True)
@@ -97,7 +103,7 @@ def main() -> int:
     h.close(keep_logs=args.keep_logs)
     header = [
         f"featurelm bench, {today()}, {'QUICK (not a measurement)' if args.quick else 'full'}",
-        f"machine: {machine()}",
+        f"machine: {machine()}; load average {load_average()}; open files {open_files}",
         f"cores: mock + client on {h.cores.mock}, gateway on {h.cores.gateway}; "
         f"{'; '.join(notes) or 'LiteLLM not run'}; took {time.perf_counter() - started:.0f} s",
     ]

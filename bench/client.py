@@ -64,6 +64,40 @@ class Connection:
             await self.close()
         return status, data
 
+    async def stream(self, path: str, body: bytes, marker: bytes) -> Streamed:
+        """POST a streaming request (Accept: text/event-stream) and read the chunked reply as
+        it arrives: when its first byte came, and the first chunk holding `marker`."""
+        reader, writer = await self._open()
+        started = time.perf_counter()
+        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                f"content-type: application/json\r\naccept: text/event-stream\r\n"
+                f"content-length: {len(body)}\r\n\r\n")
+        writer.write(head.encode() + body)
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+            status = int(raw.split(b" ", 2)[1])
+            first_byte = first_marker = 0.0
+            chunks = 0
+            data = bytearray()
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    break
+                chunk = await reader.readexactly(size)
+                await reader.readexactly(2)
+                now = time.perf_counter() - started
+                first_byte = first_byte or now
+                if not first_marker and marker in chunk:
+                    first_marker = now
+                chunks += 1
+                data += chunk
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError) as exc:
+            await self.close()
+            raise HttpError(f"stream broken: {exc}") from None
+        return Streamed(status, first_byte, first_marker, time.perf_counter() - started,
+                        chunks, bytes(data))
+
     @staticmethod
     async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         data = bytearray()
@@ -85,6 +119,19 @@ class Connection:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """One streamed reply: status, seconds to its first byte, to the first chunk holding the
+    marker (the first model text), to its end, and the chunks it came in."""
+
+    status: int
+    first_byte_s: float
+    first_text_s: float
+    total_s: float
+    chunks: int
+    body: bytes
 
 
 @dataclass(frozen=True)

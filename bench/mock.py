@@ -27,6 +27,9 @@ MAX_HEADER_BYTES = 64 * 1024
 @dataclass
 class MockState:
     latency_s: float = 0.0
+    #: A streamed reply (`"stream": true`) comes in this many content events spread evenly
+    #: over `latency_s`: the first after latency_s / stream_chunks, like a model's first token.
+    stream_chunks: int = 8
     #: Share of completions answered with `invalid_content`, spread evenly (see `_violates`).
     violation_rate: float = 0.0
     valid_content: str = VALID_CONTENT
@@ -38,6 +41,8 @@ class MockState:
     def configure(self, data: dict[str, Any]) -> None:
         if "latency_s" in data:
             self.latency_s = max(0.0, float(data["latency_s"]))
+        if "stream_chunks" in data:
+            self.stream_chunks = max(1, int(data["stream_chunks"]))
         if "violation_rate" in data:
             self.violation_rate = min(1.0, max(0.0, float(data["violation_rate"])))
         for name in ("valid_content", "invalid_content"):
@@ -59,7 +64,8 @@ class MockState:
 
     def stats(self) -> dict[str, Any]:
         return {"completions": self.completions, "violations": self.violations,
-                "latency_s": self.latency_s, "violation_rate": self.violation_rate}
+                "latency_s": self.latency_s, "violation_rate": self.violation_rate,
+                "stream_chunks": self.stream_chunks}
 
 
 def _response(status: int, body: bytes, *, close: bool = False) -> bytes:
@@ -84,6 +90,37 @@ def completion_body(request: bytes, content: str) -> bytes:
         # Real servers (vLLM) report usage; without it the gateway would count tokens itself.
         "usage": {"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48},
     }).encode()
+
+
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+               b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stream_events(content: str, pieces: int) -> list[bytes]:
+    """`content` as `pieces` chat.completion.chunk events, the last one carrying usage (as
+    vLLM does with stream_options.include_usage), each a chunk of a chunked HTTP body."""
+    size = max(1, -(-len(content) // pieces))
+    parts = [content[i:i + size] for i in range(0, len(content), size)]
+    events = []
+    for n, part in enumerate(parts):
+        last = n == len(parts) - 1
+        event: dict[str, Any] = {
+            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "mock",
+            "choices": [{"index": 0, "delta": {"content": part},
+                         "finish_reason": "stop" if last else None}]}
+        data = b"data: " + json.dumps(event).encode() + b"\n\n"
+        if last:
+            usage = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "mock",
+                     "choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 8,
+                                              "total_tokens": 48}}
+            data += b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n"
+        events.append(_chunk(data))
+    events[-1] += b"0\r\n\r\n"
+    return events
 
 
 class MockProtocol(asyncio.Protocol):
@@ -130,9 +167,23 @@ class MockProtocol(asyncio.Protocol):
         if close:
             self.transport.close()
 
+    def stream(self, content: str, close: bool) -> None:
+        events = stream_events(content, self.state.stream_chunks)
+        self._send(STREAM_HEAD, False)
+        step = self.state.latency_s / len(events)
+        for n, event in enumerate(events):
+            last = n == len(events) - 1
+            if step > 0:
+                self.loop.call_later(step * (n + 1), self._send, event, close and last)
+            else:
+                self._send(event, close and last)
+
     def handle(self, method: str, path: str, body: bytes, close: bool) -> None:
         state = self.state
         if method == "POST" and path.endswith("/chat/completions"):
+            if b'"stream": true' in body or b'"stream":true' in body:
+                self.stream(state.next_content(), close)
+                return
             payload = _response(200, completion_body(body, state.next_content()), close=close)
             if state.latency_s > 0:
                 self.loop.call_later(state.latency_s, self._send, payload, close)

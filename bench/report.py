@@ -53,6 +53,14 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: a busy machine explains a noisy run."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def render(rows: Sequence[Row], *, header: Sequence[str]) -> str:
     lines = [*header, "",
              "| # | ratio | measured | target | result | details |",

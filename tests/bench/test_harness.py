@@ -81,6 +81,38 @@ async def test_mock_waits_the_configured_latency(mock: tuple[str, MockState]) ->
     assert elapsed >= 0.05
 
 
+async def test_mock_streams_the_reply_in_chunks_spread_over_the_latency(
+        mock: tuple[str, MockState]) -> None:
+    url, state = mock
+    state.latency_s, state.stream_chunks = 0.2, 4
+    body = json.dumps({**chat_request(), "stream": True}).encode()
+    conn = Connection(url)
+    try:
+        reply = await conn.stream("/v1/chat/completions", body, b'"content"')
+        again = await conn.stream("/v1/chat/completions", body, b'"content"')  # keep-alive
+    finally:
+        await conn.close()
+    assert reply.status == again.status == 200 and reply.chunks == 4
+    # The first text arrives after a quarter of the latency, the end after all of it.
+    assert 0.04 < reply.first_text_s < 0.15 and reply.total_s >= 0.2
+    events = [json.loads(line[6:]) for line in reply.body.decode().splitlines()
+              if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"]["content"] for e in events if e["choices"])
+    assert text == VALID_CONTENT and events[-1]["usage"]["completion_tokens"] > 0
+    assert reply.body.endswith(b"data: [DONE]\n\n") and state.completions == 2
+
+
+def test_cpu_and_memory_of_a_process_are_read_from_proc() -> None:
+    from bench.scale import cpu_seconds, raise_open_files, rss_kib
+
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert cpu_seconds(os.getpid()) > before
+    assert rss_kib(os.getpid()) > 1024
+    assert (cpu_seconds(2**22 + 12345), rss_kib(2**22 + 12345)) == (0.0, 0)
+    assert raise_open_files() >= 1024
+
+
 async def test_closed_loop_counts_every_answer_of_concurrent_clients(
         mock: tuple[str, MockState]) -> None:
     url, state = mock
@@ -121,15 +153,20 @@ def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "6a", "6b",
-                         "7a", "7b", "8a", "8b"}
+                         "7a", "7b", "8a", "8b", "9a", "9b", "9c", "9d", "9e", "10a", "10b"}
     for key in ("1a", "1b", "2b", "5a"):
         assert rows[key]["verdict"] == "not available"
         assert "LiteLLM" in rows[key]["detail"]
-    for key in ("2a", "2c", "5b", "6a", "6b", "7a", "7b", "8a", "8b"):
+    for key in ("2a", "2c", "5b", "6a", "6b", "7a", "7b", "8a", "8b", "9a", "9b", "9c", "9d",
+                "9e", "10a", "10b"):
         assert rows[key]["value"] is not None, rows[key]
     # Every call under load answered, and without violations one upstream call per answer.
     assert rows["2c"]["value"] == 1.0
     assert rows["6b"]["value"] == 1.0
     # The schema corpus, after and before: no schema crashes the grammar featurelm uses.
     assert ", 0 crashed;" in rows["7a"]["detail"] and "before (llama.cpp" in rows["7a"]["detail"]
-    assert "| 6b |" in run.stdout and "| 7b |" in run.stdout
+    # At production concurrency: CPU and memory per call are printed, every stream completes.
+    assert "ms CPU per call" in rows["9b"]["detail"]
+    assert "KiB per call in flight" in rows["9b"]["detail"]
+    assert rows["10a"]["value"] == 1.0 and "KiB per stream" in rows["10a"]["detail"]
+    assert "| 6b |" in run.stdout and "| 7b |" in run.stdout and "| 10b |" in run.stdout
