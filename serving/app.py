@@ -55,6 +55,7 @@ def create_app(engine: Engine, *, lifecycle: Lifecycle | None = None) -> FastAPI
         try:
             yield
         finally:
+            await console.aclose(app)
             await kv.aclose()
             await engine.aclose()
 

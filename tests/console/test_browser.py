@@ -65,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         config = write_project(root, features=[FEATURE], backends={"model": backend},
                                routes={"default": {"backends": ["model"]}}, auth="required",
                                traces={"sample_rate": 1})
-        live = start_server(config, ["acme", "globex"])
+        live = start_server(config, ["acme", "globex", "initech"])
         yield live
         live.stop()
 
@@ -237,6 +237,60 @@ def test_a_tenant_changes_its_prompt_safely_and_another_sees_none_of_it(
     snap("11-other-tenant")
 
 
+
+def test_the_evals_page_shows_a_breaking_override_regress_against_base_case_by_case(
+        server: LiveServer, browser: Any, shots: Path) -> None:
+    snap = snapper(browser, shots)
+    driver = browser
+    page = server.url + "/console/features/sentiment/evals"
+    # Saved over HTTP without the gate (run_evals is the caller's choice there), so initech
+    # serves an override that always answers positive.
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        saved = http.put("/v1/tenants/initech/overrides/sentiment", content=BREAKING,
+                         headers={**server.keys.bearer("initech"),
+                                  "content-type": "application/yaml"})
+    assert saved.status_code == 201, saved.text
+
+    sign_in(driver, server, server.keys.tenants["initech"])
+    driver.find_element(By.LINK_TEXT, "Evals").click()
+    driver.find_element(By.LINK_TEXT, "sentiment").click()
+    assert "initech's override, version 1" in driver.find_element(By.ID, "main").text
+    assert "No eval run yet" in driver.find_element(By.ID, "run").text
+    submit(driver, "Run the evals: base and override")
+    # htmx polls the run until it is done; the fake model answers at once.
+    result = wait_text(driver, "#run", "Latest run", timeout=30)
+    assert "1 regression" in result
+    summary = driver.find_element(By.ID, "summary").text
+    assert "100% · 2/2 PASS" in summary and "50% · 1/2 FAIL" in summary
+    assert "-50 points" in summary
+    [regression] = driver.find_elements(By.CSS_SELECTOR, "#cases tr.regression")
+    row = regression.text
+    assert "angry" in row and "regression" in row and "Hate it" in row
+    assert "equals at sentiment" in row and '"positive"' in row
+    plots = driver.find_elements(By.CSS_SELECTOR, ".plots img")
+    assert [p.get_attribute("id") for p in plots] == ["plot-pass-rate", "plot-latency",
+                                                      "plot-cost"]
+    # Drawn, not just present: the CSP let the data: PNGs load.
+    assert all(driver.execute_script("return arguments[0].naturalWidth", p) > 0 for p in plots)
+    snap("12-evals")
+    driver.find_element(By.LINK_TEXT, "override").click()
+    assert "FAILED" in driver.find_element(By.TAG_NAME, "h1").text
+    driver.back()
+
+    # Another tenant sees none of it: no run of its own, and initech's is not found.
+    submit(driver, "Sign out")
+    sign_in(driver, server, server.keys.tenants["globex"])
+    driver.get(server.url + "/console/evals")
+    assert "none yet" in driver.find_element(By.ID, "main").text
+    assert "initech" not in driver.find_element(By.ID, "main").text
+    driver.get(page)
+    assert "No eval run yet" in driver.find_element(By.ID, "run").text
+    assert "angry" not in driver.find_element(By.ID, "main").text
+    driver.get(page + "?tenant=initech")
+    assert "404" in driver.find_element(By.TAG_NAME, "h1").text
+    driver.get(page.replace("/evals", "/evals/report/override.html") + "?tenant=initech")
+    assert "404" in driver.find_element(By.TAG_NAME, "h1").text
+
 # -- accessibility and narrow screens ----------------------------------------------------------
 
 UNLABELLED = """
@@ -256,7 +310,8 @@ def test_every_control_is_labelled_reachable_by_keyboard_and_inside_landmarks(
     driver = browser
     sign_in(driver, server, server.keys.tenants["globex"])
     for path in ("/console/features", "/console/features/sentiment",
-                 "/console/features/sentiment/override", "/console/calls"):
+                 "/console/features/sentiment/override", "/console/calls", "/console/evals",
+                 "/console/features/sentiment/evals"):
         driver.get(server.url + path)
         assert driver.execute_script(UNLABELLED) == [], path
         for landmark in ("header", "nav", "main", "footer"):
@@ -281,7 +336,8 @@ def test_pages_fit_the_window_at_desktop_and_phone_widths(server: LiveServer, br
     for name, path in (("features", "/console/features"),
                        ("feature", "/console/features/sentiment"),
                        ("override", "/console/features/sentiment/override"),
-                       ("calls", "/console/calls")):
+                       ("calls", "/console/calls"),
+                       ("evals", "/console/features/sentiment/evals")):
         driver.set_window_size(width, 900)
         driver.get(server.url + path)
         inner = driver.execute_script("return window.innerWidth")
