@@ -235,6 +235,16 @@ def _override_offline(args: argparse.Namespace, engine: Any) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from featurelm.engine.engine import Engine
     from featurelm.evals.gate import make_eval_gate
@@ -248,7 +258,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The admin API's `run_evals=true` gates an override on the feature's eval cases.
         engine.set_eval_gate(make_eval_gate(engine))
 
-    return serve(config=args.config, host=args.host, port=args.port, prepare=prepare)
+    return serve(config=args.config, host=args.host, port=args.port, prepare=prepare,
+                 workers=args.workers)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -375,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve every feature over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="processes sharing the port, one core each (default 1; see "
+                            "docs/deploy.md, Sizing)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 
