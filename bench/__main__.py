@@ -68,6 +68,8 @@ async def measure(h: Harness, args: argparse.Namespace, sizes: rows.Sizes,
         out += await rows.cold_start(h, python, litellm_venv.ENV, sizes)
     if on("10"):
         out += await scale.streams(h, scale_sizes)
+    if on("11"):
+        out += await scale.workers(h, scale_sizes)
     if fl is not None and on("6"):
         out += await rows.structured(h, fl, sizes)
     if on("7"):

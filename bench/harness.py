@@ -41,7 +41,7 @@ class Harness:
     procs: list[Proc] = field(default_factory=list)
     mock_url: str = ""
 
-    def start(self, name: str, argv: list[str], ready_path: str, *, core: int,
+    def start(self, name: str, argv: list[str], ready_path: str, *, core: int | frozenset[int],
               env: dict[str, str] | None = None, timeout_s: float = 90.0) -> Server:
         port = free_port()
         argv = [a.replace("{port}", str(port)) for a in argv]
@@ -58,10 +58,13 @@ class Harness:
         return server
 
     def start_featurelm(self, name: str, *, cache: str = "none", key_prefix: str = "featurelm:",
-                        core: int | None = None, extra: dict[str, Any] | None = None) -> Server:
+                        core: int | frozenset[int] | None = None,
+                        extra: dict[str, Any] | None = None, workers: int = 1) -> Server:
         config = write_featurelm_project(self.root, mock_url=self.mock_url, cache=cache,
                                          key_prefix=key_prefix, name=name, extra=extra)
-        return self.start(name, featurelm_argv(config, "{port}"), "/readyz",
+        argv = featurelm_argv(config, "{port}") + (["--workers", str(workers)]
+                                                   if workers > 1 else [])
+        return self.start(name, argv, "/readyz",
                           core=self.cores.gateway if core is None else core)
 
     def start_litellm(self, bin_dir: Path) -> Server:

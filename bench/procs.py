@@ -23,12 +23,14 @@ class Cores:
     mock: int
     gateway: int
     client: int
+    #: Every core this run may use (for the row that spreads featurelm over all of them).
+    every: frozenset[int] = frozenset()
 
     @classmethod
     def pick(cls) -> Cores:
         cores = sorted(os.sched_getaffinity(0))
         first, second = cores[0], cores[1 % len(cores)]
-        return cls(mock=first, gateway=second, client=first)
+        return cls(mock=first, gateway=second, client=first, every=frozenset(cores))
 
 
 def pin_self(core: int) -> None:
@@ -45,17 +47,19 @@ def free_port() -> int:
 class Proc:
     """A child process pinned to one core, its output in a log file, stopped on exit."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, core: int, log_dir: Path,
+    def __init__(self, name: str, argv: Sequence[str], *, core: int | frozenset[int],
+                 log_dir: Path,
                  env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
+        cores = {core} if isinstance(core, int) else set(core)
         # Pinned before exec, so every thread the child ever starts stays on its core.
         self.popen = subprocess.Popen(
             list(argv), stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
             env={**os.environ, **(env or {})}, start_new_session=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+            preexec_fn=lambda: os.sched_setaffinity(0, cores))
 
     @property
     def pid(self) -> int:

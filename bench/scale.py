@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.client import Call, Connection, HttpError, LoadResult, Streamed, closed_loop
 from bench.harness import Harness, Server
+from bench.procs import _children
 from bench.project import INPUT, chat_request
 from bench.report import Row, ratio_row, unavailable
 from bench.rows import CHAT_PATH, FEATURE_PATH, chat_call
@@ -73,6 +74,8 @@ class ScaleSizes:
     #: A featurelm server of its own for each load (memory per call in flight from a clean
     #: start); the quick mode shares one, as starting servers is most of its time.
     fresh_servers: bool = True
+    #: Row 11: a load one process cannot keep up with (calls/s far above what a core serves).
+    saturating: Load = field(default=Load("11", 1024, 0.1, 16))
 
     @classmethod
     def quick(cls) -> ScaleSizes:
@@ -82,7 +85,7 @@ class ScaleSizes:
                           Load("9d", 24, 0.05, 2, warmup=1, target=0.75)),
                    baseline=Load("9e", 4, 0.02, 3), litellm_per_client=1,
                    litellm_timeout_s=60.0, streams=8, stream_rounds=1, stream_latency_s=0.1,
-                   fresh_servers=False)
+                   fresh_servers=False, saturating=Load("11", 16, 0.01, 3))
 
 
 # -- what a process spends ----------------------------------------------------------------------
@@ -102,6 +105,15 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its children (the workers of `featurelm serve --workers N`)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def tree_rss_kib(pid: int) -> int:
+    return rss_kib(pid) + sum(rss_kib(child) for child in _children(pid))
 
 
 @dataclass
@@ -124,12 +136,12 @@ async def watching(pid: int | None, interval_s: float = 0.05) -> AsyncIterator[U
     if pid is None:
         yield usage
         return
-    usage.rss_before_kib = usage.rss_peak_kib = rss_kib(pid)
-    started = cpu_seconds(pid)
+    usage.rss_before_kib = usage.rss_peak_kib = tree_rss_kib(pid)
+    started = tree_cpu_seconds(pid)
 
     async def sample() -> None:
         while True:
-            usage.rss_peak_kib = max(usage.rss_peak_kib, rss_kib(pid))
+            usage.rss_peak_kib = max(usage.rss_peak_kib, tree_rss_kib(pid))
             await asyncio.sleep(interval_s)
 
     sampler = asyncio.create_task(sample())
@@ -137,8 +149,8 @@ async def watching(pid: int | None, interval_s: float = 0.05) -> AsyncIterator[U
         yield usage
     finally:
         sampler.cancel()
-        usage.rss_peak_kib = max(usage.rss_peak_kib, rss_kib(pid))
-        usage.cpu_s = cpu_seconds(pid) - started
+        usage.rss_peak_kib = max(usage.rss_peak_kib, tree_rss_kib(pid))
+        usage.cpu_s = tree_cpu_seconds(pid) - started
 
 
 @dataclass(frozen=True)
@@ -380,3 +392,38 @@ def raise_open_files(wanted: int = 65536) -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- 11. worker processes ---------------------------------------------------------------------
+
+async def workers(h: Harness, sizes: ScaleSizes) -> list[Row]:
+    """Calls/s of `featurelm serve --workers N` on every core over one process on one core,
+    under a load neither keeps up with. The mock and the client share the first core, so on
+    a small machine the workers compete with them: the row shows what the cores give, not
+    N times one core."""
+    cores = h.cores.every
+    load = sizes.saturating
+    what = f"featurelm --workers {len(cores)} on {len(cores)} cores / 1 process on 1 core"
+    if len(cores) < 2:
+        return [unavailable("11", what, "report", "one core: nothing to share")]
+    await h.mock_control(latency_s=load.latency_s, violation_rate=0.0)
+    measured: dict[int, Measured] = {}
+    try:
+        for count, where in ((1, None), (len(cores), cores)):
+            server = h.start_featurelm(f"featurelm-workers-{count}", core=where,
+                                       workers=count)
+            try:
+                result = await run_load(Outcomes().call, server, server.url, load)
+                assert result is not None
+                measured[count] = result
+            finally:
+                h.stop(server)
+    finally:
+        await h.mock_control(latency_s=0.0)
+    one, many = measured[1], measured[len(cores)]
+    return [ratio_row("11", what, "report", many.result.rate / one.result.rate,
+                      lambda r: True,
+                      f"{many.result.rate:.0f}/s ({many.cpu_ms_per_call:.3f} ms CPU per call) "
+                      f"vs {one.result.rate:.0f}/s ({one.cpu_ms_per_call:.3f} ms); {load.label}, "
+                      f"ideal {load.ideal:.0f}/s; mock and client share core "
+                      f"{h.cores.client} with a worker")]

@@ -153,12 +153,13 @@ def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "6a", "6b",
-                         "7a", "7b", "8a", "8b", "9a", "9b", "9c", "9d", "9e", "10a", "10b"}
+                         "7a", "7b", "8a", "8b", "9a", "9b", "9c", "9d", "9e", "10a", "10b",
+                         "11"}
     for key in ("1a", "1b", "2b", "5a"):
         assert rows[key]["verdict"] == "not available"
         assert "LiteLLM" in rows[key]["detail"]
     for key in ("2a", "2c", "5b", "6a", "6b", "7a", "7b", "8a", "8b", "9a", "9b", "9c", "9d",
-                "9e", "10a", "10b"):
+                "9e", "10a", "10b", "11"):
         assert rows[key]["value"] is not None, rows[key]
     # Every call under load answered, and without violations one upstream call per answer.
     assert rows["2c"]["value"] == 1.0
