@@ -141,8 +141,14 @@ class EvalRuns:
             del self._runs[oldest]
         task = asyncio.create_task(self._run(run, engine, base, override, target))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._ended(done, run))
         return run
+
+    def _ended(self, task: asyncio.Task[None], run: EvalRun) -> None:
+        self._tasks.discard(task)
+        # Cancelled, perhaps before it even started: the page must not poll forever.
+        if run.running:
+            run.state, run.error = "failed", "stopped: the server shut down"
 
     async def _run(self, run: EvalRun, engine: Engine, base: LoadedFeature,
                    override: LoadedFeature | None,
@@ -175,9 +181,6 @@ class EvalRuns:
                                          label_b=run.override_label)
             run.plots = await asyncio.to_thread(_plots, run)
             run.state = "done"
-        except asyncio.CancelledError:
-            run.state, run.error = "failed", "stopped: the server shut down"
-            raise
         except Exception as exc:  # the page shows one line; the log has the rest
             log.exception("console eval run failed", extra={"feature": run.feature})
             run.state, run.error = "failed", f"the eval could not run: {exc}"
