@@ -98,9 +98,11 @@ async def test_invalid_output_is_never_returned(make_project: ProjectFactory) ->
 async def test_tenant_salt_is_derived_by_the_server_and_differs_per_tenant(
         make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEATURELM_SECRET", "s3cret")
-    engine = Engine.from_config(make_project())
-    await engine.run("sentiment", {"text": "x"}, tenant="acme")
-    await engine.run("sentiment", {"text": "x"}, tenant="globex")
+    async with Engine.from_config(make_project()) as engine:
+        for tenant in ("acme", "globex"):
+            await (await engine.store()).create_tenant(tenant, actor="test")
+        await engine.run("sentiment", {"text": "x"}, tenant="acme")
+        await engine.run("sentiment", {"text": "x"}, tenant="globex")
     salts = [r.cache_salt for r in backend_of(engine).requests]
     assert salts[0] and salts[1] and salts[0] != salts[1]
     assert "acme" not in salts[0] and "s3cret" not in salts[0]

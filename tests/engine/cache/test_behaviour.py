@@ -70,6 +70,8 @@ async def test_entries_expire_after_the_feature_ttl(
 async def test_two_tenants_with_the_same_input_make_two_backend_calls(
         make_engine: EngineFactory, script: Script) -> None:
     engine = make_engine()
+    for tenant in ("acme", "globex"):
+        await (await engine.store()).create_tenant(tenant, actor="test")
     acme = await engine.run("sentiment", LOVE, tenant="acme")
     globex = await engine.run("sentiment", LOVE, tenant="globex")
     assert script.calls == 2 and not acme.meta.cached and not globex.meta.cached
