@@ -44,6 +44,9 @@ REDACTED = "[redacted]"
 QUEUE_LIMIT = 1000
 BATCH = 100
 PURGE_EVERY_S = 3600.0
+#: How long closing the engine waits for queued traces: the first batch also connects and
+#: migrates the store, seconds on a busy machine; every store call has its own timeout.
+CLOSE_WAIT_S = 10.0
 
 
 def _ms(seconds: float) -> float:
@@ -256,6 +259,8 @@ class TraceWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_purge = 0.0
+        #: Traces taken off the queue and not yet stored.
+        self._saving = 0
         #: Traces dropped because the queue was full, and traces the store refused.
         self.dropped = 0
         self.failed = 0
@@ -293,9 +298,9 @@ class TraceWriter:
 
     async def aclose(self) -> None:
         try:
-            await self.flush(2.0)
+            await self.flush(CLOSE_WAIT_S)
         except TimeoutError:
-            log.warning("%d trace(s) not stored at shutdown", len(self._queue))
+            log.warning("%d trace(s) not stored at shutdown", len(self._queue) + self._saving)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -309,6 +314,7 @@ class TraceWriter:
                 await self._wake.wait()
                 continue
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            self._saving = len(batch)
             try:
                 store = await self._store()
                 await store.save_traces([self.stored(t) for t in batch])
@@ -321,6 +327,8 @@ class TraceWriter:
                 self.failed += len(batch)
                 log.warning("%d trace(s) could not be stored: %s", len(batch),
                             type(exc).__name__)
+            finally:
+                self._saving = 0
 
     @staticmethod
     def stored(trace: Trace) -> StoredTrace:

@@ -167,9 +167,10 @@ async def test_a_store_that_fails_costs_the_trace_not_the_call(
     await engine.aclose()
 
 
-async def test_a_full_queue_drops_traces_instead_of_growing(monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+async def test_a_full_queue_drops_traces_instead_of_growing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("featurelm.engine.traces.QUEUE_LIMIT", 2)
+    monkeypatch.setattr("featurelm.engine.traces.CLOSE_WAIT_S", 0.2)
 
     async def never() -> Any:
         import asyncio
@@ -180,6 +181,8 @@ async def test_a_full_queue_drops_traces_instead_of_growing(monkeypatch: pytest.
         writer.submit(Trace("r", "f", 1, None, None, TraceSettings(), {}))
     assert writer.dropped >= 2
     await writer.aclose()
+    # The batch stuck in the hung store counts as not stored.
+    assert "2 trace(s) not stored at shutdown" in caplog.text
 
 
 async def test_explain_returns_the_trace_of_a_call_and_stores_nothing(
