@@ -87,8 +87,9 @@ HOSTILE_SCHEMAS: list[tuple[str, dict[str, Any], str]] = [
     ("remote ref", {"type": "object", "properties": {"text": {
         "$ref": "http://169.254.169.254/latest/meta-data"}}}, "points outside"),
     ("deeply nested", nested(40), "deeper than"),
-    ("huge", {"type": "object", "properties": {f"f{i}": {"type": "string", "description": "d" * 64}
-                                               for i in range(1200)}}, "over the"),
+    # Past the 1 MiB cap (engine.schemas.MAX_SCHEMA_BYTES), which real Kubernetes schemas need.
+    ("huge", {"type": "object", "properties": {
+        f"f{i}": {"type": "string", "description": "d" * 1024} for i in range(1100)}}, "over the"),
     ("backreference pattern", {"type": "object", "properties": {
         "text": {"type": "string", "pattern": "^(a)\\1$"}}}, "not supported"),
 ]
@@ -100,7 +101,10 @@ HOSTILE_SCHEMAS: list[tuple[str, dict[str, Any], str]] = [
 def test_a_hostile_schema_in_a_feature_file_is_a_contract_error(
         make_project: ProjectFactory, schema: dict[str, Any], named: str,
         examples: bool) -> None:
-    config = make_project([with_input(schema, examples)])
+    # A file big enough for the schema cap to be the one that refuses it (1 MiB; feature files
+    # are capped at 256 KiB unless limits.max_yaml_bytes is raised).
+    config = make_project([with_input(schema, examples)],
+                          extra={"limits": {"max_yaml_bytes": 4 * 1024 * 1024}})
     with pytest.raises(ContractError) as refused:
         Engine.from_config(config)
     assert named in str(refused.value)

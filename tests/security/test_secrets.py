@@ -4,15 +4,15 @@ body, eval cassette or audit log entry."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from featurelm.cli import build_parser
 from featurelm.engine.store import Store
-from featurelm.evals.cli import add_arguments, run
+from featurelm.evals.cli import run
 from tests.security.conftest import (
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,
@@ -67,16 +67,16 @@ async def test_forced_provider_errors_leak_no_secret_anywhere(
     # An eval run recording cassettes against the same config, failing provider included.
     monkeypatch.setenv(PROVIDER_KEY_ENV, PROVIDER_KEY)
     monkeypatch.setenv("FEATURELM_SECRET", SERVER_SECRET)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     cassettes = tmp_path / "cassettes"
-    args = parser.parse_args(["counted", "leaky", "--record", str(cassettes),
-                              "--config", str(secure_server.root / "featurelm.yaml")])
+    args = build_parser().parse_args([
+        "eval", "counted", "leaky", "--record", str(cassettes),
+        "--config", str(secure_server.root / "featurelm.yaml")])
     assert await run(args) == 1  # leaky's case fails: its provider refuses the key
     captured = capsys.readouterr()
     outputs["eval output"] = captured.out + captured.err
     recorded = sorted(cassettes.glob("*.json"))
-    assert [p.name for p in recorded] == ["counted.json"]
+    # The baseline holds every recorded output: it is searched for secrets like the cassette.
+    assert [p.name for p in recorded] == ["baseline.json", "counted.json"]
     for path in recorded:
         outputs[f"cassette {path.name}"] = path.read_text()
     store_url = f"sqlite:///{secure_server.root / 'featurelm.db'}"
