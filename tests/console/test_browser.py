@@ -29,6 +29,7 @@ pytestmark = [
                               "chromium chromium-driver), so the console cannot be driven"),
 ]
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -121,10 +122,13 @@ def sign_in(driver: Any, server: LiveServer, key: str) -> None:
 
 
 def wait_text(driver: Any, selector: str, text: str, timeout: float = 60) -> str:
-    WebDriverWait(driver, timeout).until(
-        lambda d: text in d.find_element(By.CSS_SELECTOR, selector).text)
-    found: str = driver.find_element(By.CSS_SELECTOR, selector).text
-    return found
+    """The element's text once it holds `text`; read in one go, since htmx may swap the
+    element between finding it and reading it (a stale element is looked up again)."""
+    def shown(d: Any) -> str | bool:
+        found: str = d.find_element(By.CSS_SELECTOR, selector).text
+        return found if text in found else False
+    return str(WebDriverWait(driver, timeout,
+                             ignored_exceptions=[StaleElementReferenceException]).until(shown))
 
 
 def set_override(driver: Any, text: str) -> None:
