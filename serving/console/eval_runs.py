@@ -19,14 +19,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featurelm.engine import Engine, RunOptions
 from featurelm.engine.errors import ConflictError
 from featurelm.engine.loader import LoadedFeature
-from featurelm.evals.compare import Comparison, compare
-from featurelm.evals.results import FeatureResult, SuiteResult
-from featurelm.evals.runner import FeatureTarget, Invocation, Invoker
+
+if TYPE_CHECKING:
+    # The eval machinery (and RE2, which its assertions use) loads with the first run, not
+    # with every server: the console's other pages never need it.
+    from featurelm.evals.compare import Comparison
+    from featurelm.evals.results import FeatureResult, SuiteResult
+    from featurelm.evals.runner import FeatureTarget, Invocation, Invoker
 
 log = logging.getLogger("featurelm.console")
 
@@ -93,6 +97,8 @@ class _Counter:
 
 
 def _invoker(engine: Engine, subject: LoadedFeature, tenant: str | None) -> Invoker:
+    from featurelm.evals.runner import Invocation
+
     async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
         # Labelled as an eval case: never traced, never cached, like the eval gate's calls.
         options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
@@ -153,9 +159,10 @@ class EvalRuns:
     async def _run(self, run: EvalRun, engine: Engine, base: LoadedFeature,
                    override: LoadedFeature | None,
                    target: Callable[[LoadedFeature], FeatureTarget]) -> None:
-        # The eval machinery loads with the first run, not with every server.
         from featurelm.evals.assertions import Services
+        from featurelm.evals.compare import compare
         from featurelm.evals.harness import EngineJudge
+        from featurelm.evals.results import SuiteResult
         from featurelm.evals.runner import run_suite
         from featurelm.evals.similarity import LazyEmbedder
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from featurelm.engine.errors import NotFoundError
-from featurelm.evals.results import CaseResult, RunResult, SuiteResult
 from featurelm.serving.auth import check_tenant
 from featurelm.serving.console.eval_runs import EvalRun, EvalRuns
 from featurelm.serving.console.web import ConsoleRoute, Ctx, checked_form, context, page, redirect
 from featurelm.serving.state import services
+
+if TYPE_CHECKING:
+    from featurelm.evals.results import CaseResult, RunResult, SuiteResult
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 #: The eval report's own policy: inline styles, inline images, nothing else.
