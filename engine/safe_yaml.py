@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from featurelm.engine.errors import ContractError, ContractIssue
 
 MAX_DEPTH = 64

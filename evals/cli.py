@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from featurelm.engine.errors import ContractError, FeaturelmError
+from featurelm.engine.errors import ContractError, ContractIssue, FeaturelmError
 from featurelm.evals.baseline import baseline_path, regressions, write_baseline
 from featurelm.evals.cassettes import CassetteStore
 from featurelm.evals.compare import compare, render_markdown
@@ -91,6 +91,12 @@ class _Session:
                                  f"(routes: {', '.join(sorted(engine.config.routes))})")
             chosen = await targets(engine, self.args.features, tenant,
                                    recorded=self.store is not None)
+            # Serving never needs datasets; for `eval` a named one that is missing is an error.
+            missing = [ContractIssue(t.name, "evals.dataset", f"{t.dataset} not found",
+                                     "create it or fix evals.dataset in the feature file")
+                       for t in chosen if t.dataset is not None and not t.dataset.is_file()]
+            if missing:
+                raise ContractError(missing)
             features = await run_suite(
                 chosen, EngineInvoker(engine, tenant=tenant, route=route),
                 services=Services(embedder=LazyEmbedder(), judge=EngineJudge(engine)),

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
     import redis.asyncio as redis
+
     from featurelm.engine.config import CacheSettings
 
 log = logging.getLogger("featurelm.serving")

@@ -10,7 +10,10 @@ from featurelm.evals.results import SuiteResult, to_json
 
 def write_reports(suite: SuiteResult, directory: Path) -> list[Path]:
     """Write the three reports; returns their paths."""
-    from featurelm.evals.reports import html, markdown  # matplotlib loads only when a report is asked for
+    from featurelm.evals.reports import (  # matplotlib loads only when a report is asked for
+        html,
+        markdown,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     files = {

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from featurelm.engine.contracts import FeatureSpec
-from featurelm.engine.override_schema import override_schema
 from jsonschema import Draft202012Validator
 
 from featurelm.cli import main
+from featurelm.engine.contracts import FeatureSpec
+from featurelm.engine.override_schema import override_schema
 from tests.conftest import SENTIMENT, ProjectFactory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,12 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from featurelm.evals.assertions import Assertion, Observation, Outcome, Services, Verdict
-from featurelm.evals.similarity import INSTALL_HINT, LazyEmbedder, PackagedMiniLM, SimilarityUnavailable
+from featurelm.evals.similarity import (
+    INSTALL_HINT,
+    LazyEmbedder,
+    PackagedMiniLM,
+    SimilarityUnavailable,
+)
 
 ADAPTER: TypeAdapter[Any] = TypeAdapter(Assertion)
 

@@ -7,7 +7,6 @@ regression the suite must catch, live and in replay.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -16,11 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
+from featurelm.cli import build_parser
 from featurelm.engine.backends import register
 from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.engine.config import BackendConfig
+from featurelm.engine.engine import Engine
 from featurelm.engine.types import CompletionRequest
-from featurelm.evals.cli import add_arguments, run
+from featurelm.evals.cli import run
 from tests.conftest import ProjectFactory
 
 SECRET = "sk-test-abcdefghijklmnop1234"
@@ -104,9 +105,7 @@ def set_backend(config: Path, backend: dict[str, Any]) -> None:
 
 
 async def featurelm_eval(*argv: str | Path) -> int:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return await run(parser.parse_args([str(a) for a in argv]))
+    return await run(build_parser().parse_args(["eval", *(str(a) for a in argv)]))
 
 
 async def test_a_passing_suite_exits_0_and_writes_all_three_reports(

@@ -382,7 +382,7 @@ async def test_with_auth_required_the_store_opens_at_start(make_project: Project
 def test_the_server_loads_store_eval_and_regex_code_only_when_used() -> None:
     # Each costs resident memory in every replica: SQLAlchemy and alembic about 20 MiB.
     script = ("import sys\n"
-              "import featurelm.cli, featurelm.serving.server, featurelm.engine.engine, featurelm.evals.gate\n"
+              "import featurelm.cli, featurelm.serving.server, featurelm.evals.gate\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & "
               "{'sqlalchemy', 'alembic', 're2', 'tqdm'}))\n")
     assert last_line_of_python(script) == "[]"
