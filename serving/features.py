@@ -244,9 +244,11 @@ async def call_batch(svc: Services, name: str, request: Request, caller: Caller)
     options = parse_options(data.get("options"))
     feature = await _admit(svc, caller, name, len(inputs))
     for input in inputs:
-        # Each item is a call of its own for the input-size distribution drift compares.
+        # Each item is a call of its own for the input-size distribution drift compares. An
+        # item may hold a lone surrogate (refused with a 422 by its own call): still countable.
         svc.metrics.on_input_size(name, caller.tenant, len(
-            json.dumps(input, ensure_ascii=False, separators=(",", ":")).encode()))
+            json.dumps(input, ensure_ascii=False, separators=(",", ":")).encode(
+                errors="surrogatepass")))
     gate = asyncio.Semaphore(svc.engine.config.http.batch_concurrency)
 
     async def one(input: Any) -> dict[str, Any]:
