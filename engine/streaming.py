@@ -50,24 +50,19 @@ class FeatureStream:
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """Deltas as the model writes, then Done with the schema-valid result (or raises)."""
-        queue: asyncio.Queue[Delta] = asyncio.Queue()
+        # Deltas and the call's end share one queue (None marks the end): one wakeup per
+        # delta, where waiting on the queue and the task together costs a future and two
+        # callbacks per delta.
+        queue: asyncio.Queue[Delta | None] = asyncio.Queue()
 
         async def on_text(text: str, attempt: int) -> None:
             queue.put_nowait(Delta(text, attempt))
 
         task = asyncio.create_task(self.engine.execute(self.call, on_text))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
         streamed = False
         try:
-            while not task.done() or not queue.empty():
-                if queue.empty():
-                    getter = asyncio.ensure_future(queue.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        continue
-                    delta = getter.result()
-                else:
-                    delta = queue.get_nowait()
+            while (delta := await queue.get()) is not None:
                 streamed = True
                 yield delta
             result = task.result()

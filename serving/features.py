@@ -189,7 +189,8 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
     except InputError as exc:
         _counted(svc, feature, exc)
         raise
-    deltas: asyncio.Queue[bytes] = asyncio.Queue()
+    #: SSE events of the deltas, then None once the call is over (see FeatureStream.events).
+    deltas: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def produce() -> Stored:
         async for event in stream.events():
@@ -203,17 +204,10 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
     async def events() -> AsyncIterator[bytes]:
         yield _sse("progress", {"stage": "started", "feature": feature.name})
         task = asyncio.create_task(_once(svc, caller, request, raw, produce))
+        task.add_done_callback(lambda _: deltas.put_nowait(None))
         try:
-            while not task.done() or not deltas.empty():
-                if deltas.empty():
-                    getter = asyncio.ensure_future(deltas.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        continue
-                    yield getter.result()
-                else:
-                    yield deltas.get_nowait()
+            while (event := await deltas.get()) is not None:
+                yield event
             stored = task.result()
             if stored.replayed:
                 yield _sse("progress", {"stage": "replayed", "feature": feature.name})

@@ -13,11 +13,12 @@ import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
 
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
 from featurelm.engine.backends.pool import ConnectionGate
@@ -101,9 +102,14 @@ class OpenAIOptions(BaseModel):
 class Replica:
     url: str
     weight: float = 1.0
+    #: Parsed once: aiohttp would parse a string URL again on every request.
+    completions: URL = field(init=False)
     in_flight: int = 0
     #: Sequence number of the last pick, so ties go to the replica used least recently.
     last_pick: int = 0
+
+    def __post_init__(self) -> None:
+        self.completions = URL(f"{self.url}/chat/completions")
 
 
 class Balancer:
@@ -281,7 +287,7 @@ class OpenAICompatBackend:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
             # Reads are timed one by one; the overall budget also bounds a trickling body.
             async with asyncio.timeout(request.timeout), self._session().post(
-                    f"{replica.url}/chat/completions", data=self._body(request),
+                    replica.completions, data=self._body(request),
                     timeout=self._timeout(request)) as response:
                 raw = await response.read()
                 if response.status >= 400:
@@ -303,7 +309,7 @@ class OpenAICompatBackend:
     async def _stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
             async with self._session().post(
-                    f"{replica.url}/chat/completions", data=self._body(request, stream=True),
+                    replica.completions, data=self._body(request, stream=True),
                     timeout=self._timeout(request)) as response:
                 if response.status >= 400:
                     raw = await response.read()

@@ -12,7 +12,7 @@ from featurelm.engine.schemas import canonical_json
 from featurelm.engine.types import CompletionRequest
 
 #: Bumped when the key material changes, so old entries are never misread.
-KEY_VERSION = "featurelm-cache-2"
+KEY_VERSION = "featurelm-cache-3"
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,23 @@ def namespace(feature: LoadedFeature, tenant: str | None) -> list[str]:
     return ["tenant", tenant]
 
 
-def _digest(*fields: Any) -> str:
-    # Each field is canonical JSON (sorted keys, fixed separators) prefixed by its byte
-    # length, so no value can spill into its neighbour and key order never matters.
+def _feed(hasher: Any, encoded: bytes) -> None:
+    # Prefixed by its byte length, so no field can spill into its neighbour.
+    hasher.update(b"%d:" % len(encoded))
+    hasher.update(encoded)
+
+
+def _digest(*fields: Any, texts: Sequence[str] = ()) -> str:
+    """Each field as canonical JSON (sorted keys, fixed separators: key order never matters),
+    then each text as its own UTF-8 bytes: the rendered prompt, by far the largest part of
+    the material, is hashed as it is instead of being escaped into JSON first."""
     hasher = hashlib.sha256()
     for value in fields:
-        encoded = canonical_json(value).encode()
-        hasher.update(b"%d:" % len(encoded))
-        hasher.update(encoded)
+        _feed(hasher, canonical_json(value).encode())
+    _feed(hasher, b"%d" % len(texts))
+    for text in texts:
+        # surrogatepass: a lone surrogate still hashes, and to bytes no valid text has.
+        _feed(hasher, text.encode("utf-8", "surrogatepass"))
     return hasher.hexdigest()
 
 
@@ -74,14 +83,14 @@ def cache_keys(feature: LoadedFeature, request: CompletionRequest, *, tenant: st
         feature.name,
         feature.contract_hash,
         feature.override_version,
-        [[m.role, m.content] for m in request.messages],
         {"temperature": request.temperature, "max_tokens": request.max_tokens,
          "params": dict(request.params)},
         feature.output_schema_hash,
     )
     # The messages dominate the key material: encode and hash them once, then derive each
     # backend's entry key and the flight key from that digest.
-    call = _digest(*common)
+    call = _digest(*common, texts=[part for m in request.messages
+                                   for part in (m.role, m.content)])
     backends = [[b.name, b.kind, b.model] for b in chain]
     return CacheKeys(
         lookup=tuple((b[0], "entry:" + _digest(call, b)) for b in backends),
