@@ -82,6 +82,10 @@ class HttpConfig(Strict):
     body_timeout_s: float = Field(
         30.0, gt=0, le=600, description="A request body that stops arriving for this long "
         "gets 408 and the connection is closed (half-open and stalled clients).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection that has not sent a whole request line "
+        "and headers this long after connecting (or after its previous response) is closed "
+        "(slow or half-open clients).")
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="Then in-flight requests get this long to finish.")
 

@@ -26,6 +26,7 @@ import uvicorn
 
 from featurelm.engine import Engine
 from featurelm.serving.app import create_app
+from featurelm.serving.connections import http_protocol
 from featurelm.serving.logs import setup_logging
 from featurelm.serving.state import Lifecycle
 
@@ -197,6 +198,7 @@ def _serve(config: str | None, host: str, port: int,
     uv_config = uvicorn.Config(create_app(engine, lifecycle=lifecycle), host=host, port=port,
                                log_config=None, access_log=False, server_header=False,
                                ws="none",  # no WebSocket endpoints: skip loading a library
+                               http=http_protocol(http.header_timeout_s),
                                backlog=BACKLOG,
                                timeout_graceful_shutdown=int(max(1, http.shutdown_grace_s)))
     server = DrainingServer(uv_config, lifecycle, http.drain_s, engine)

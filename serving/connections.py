@@ -1,0 +1,108 @@
+"""uvicorn's HTTP/1.1 protocol with a header timeout: a connection that has not sent a whole
+request line and headers within `http.header_timeout_s` of connecting (or of its previous
+response) is closed, so slow or half-open clients (slowloris) cannot hold sockets forever.
+
+uvicorn times out idle keep-alive connections and our middleware times out stalled bodies,
+but the header phase runs inside the protocol, before any ASGI code sees the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+class _HeaderDeadline:
+    """One timer per connection: armed while the server waits for a request's headers."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+        self.cancel()
+        self._timer = loop.call_later(self.seconds, _close, transport)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _close(transport: asyncio.Transport) -> None:
+    # Armed only while no request is in progress, so nothing is cut off mid-response.
+    if not transport.is_closing():
+        transport.close()
+
+
+class H11HeaderTimeout(H11Protocol):
+    header_timeout_s = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_deadline = _HeaderDeadline(self.header_timeout_s)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.header_deadline.arm(self.loop, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.cancel()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a Request event arrived: its headers are complete
+            self.header_deadline.cancel()
+
+    def on_response_complete(self) -> None:
+        # Armed first: the call below starts a pipelined request if one is buffered, and
+        # handle_events then cancels the timer again.
+        if not self.transport.is_closing():
+            self.header_deadline.arm(self.loop, self.transport)
+        super().on_response_complete()
+
+
+def _httptools_protocol() -> type[asyncio.Protocol] | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools is optional: uvicorn falls back to h11 without it
+        return None
+
+    class HttpToolsHeaderTimeout(HttpToolsProtocol):
+        header_timeout_s = 10.0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.header_deadline = _HeaderDeadline(self.header_timeout_s)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.header_deadline.arm(self.loop, transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.header_deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_headers_complete(self) -> None:
+            self.header_deadline.cancel()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # A queued pipelined request already has its headers: only an empty queue waits.
+            if not self.pipeline and not self.transport.is_closing():
+                self.header_deadline.arm(self.loop, self.transport)
+            super().on_response_complete()
+
+    return HttpToolsHeaderTimeout
+
+
+def http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
+    """The protocol class for `uvicorn.Config(http=...)`: httptools where installed (as
+    uvicorn's "auto" picks), else h11, with the header timeout set."""
+    base = _httptools_protocol() or H11HeaderTimeout
+    return cast(type[asyncio.Protocol],
+                type(base.__name__, (base,), {"header_timeout_s": header_timeout_s}))
