@@ -3,10 +3,11 @@
 An override may change only the fields its feature lists in `overridable` (prompt wording,
 examples, some model parameters); never the input or output schema, never file names. Each
 save is checked exactly like a feature file (sandbox compile, examples against schemas),
-rendered against the feature's example inputs, and optionally gated on the eval suite, before
-the store keeps it as a new version. Resolution caches the merged feature per tenant and
-reloads when the store's generation counter moves, so every replica converges within
-`refresh_s` seconds while calls in flight keep the feature object they started with.
+rendered against the feature's example inputs and a sample input built from its input
+schema, and optionally gated on the eval suite, before the store keeps it as a new version.
+Resolution caches the merged feature per tenant and reloads when the store's generation
+counter moves, so every replica converges within `refresh_s` seconds while calls in flight
+keep the feature object they started with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import difflib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -25,6 +27,7 @@ from featurelm.engine.errors import ContractError, ContractIssue, NotFoundError
 from featurelm.engine.loader import FeatureRegistry, LoadedFeature, build_feature
 from featurelm.engine.prompts import PromptRenderer, TemplateRefused
 from featurelm.engine.safe_yaml import load_yaml_text
+from featurelm.engine.sample_input import sample_input
 from featurelm.engine.text import lone_surrogate_path
 
 if TYPE_CHECKING:
@@ -183,6 +186,17 @@ class Overrides:
                 raise ContractError([ContractIssue(
                     source, "prompt", f"does not render for the feature's example {i}: {exc}",
                     "fix the template")]) from None
+        # And for inputs unlike the examples: every optional field set, longer arrays.
+        sample = sample_input(base.spec.input)
+        if sample is not None:
+            try:
+                candidate.render_messages(self.renderer, sample)
+            except TemplateRefused as exc:
+                raise ContractError([ContractIssue(
+                    source, "prompt", f"does not render for a sample input built from the "
+                    f"input schema ({json.dumps(sample, ensure_ascii=False)[:300]}): {exc}",
+                    "fix the template (optional fields may be absent or present, arrays of "
+                    "any length the schema allows)")]) from None
         return candidate
 
     def _rendered(self, candidate: LoadedFeature) -> list[list[dict[str, str]]]:

@@ -10,6 +10,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from tests.conftest import SENTIMENT
+from tests.engine.test_sample_input import TICKET
 from tests.serving.conftest import Client, ClientFactory
 
 BASE = "/v1/tenants/acme/overrides/sentiment"
@@ -82,6 +83,21 @@ async def test_a_json_override_with_forbidden_keys_names_each_yaml_path(client: 
     assert response.status_code == 422
     paths = {e["path"] for e in response.json()["errors"]}
     assert {"output.type", "model.route"} <= paths
+
+
+async def test_a_template_that_breaks_only_on_the_sample_input_is_a_422(
+        make_client: ClientFactory) -> None:
+    client = await make_client(features=[TICKET])
+    template = "{{ body }}{% if channel is defined %} via {{ channel.label }}{% endif %}"
+    response = await client.http.put("/v1/tenants/acme/overrides/ticket",
+                                     json={"prompt": {"user": template}},
+                                     headers=as_acme(client))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["path"] == "prompt"
+    assert "for a sample input built from the input schema" in error["problem"]
+    versions = await client.http.get("/v1/tenants/acme/overrides/ticket", headers=as_acme(client))
+    assert versions.json()["versions"] == []
 
 
 async def test_a_json_override_for_another_tenant_is_404(client: Client) -> None:
