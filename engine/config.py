@@ -41,6 +41,10 @@ class RouteConfig(Strict):
 
     backends: list[str] = Field(min_length=1)
     retries: int = Field(2, ge=0, le=10, description="Retries per backend on retryable errors.")
+    hedge_after_ms: int | None = Field(
+        None, ge=1, le=600_000, description="Hedged requests: a call still unanswered after "
+        "this long is also sent to the next backend; the first answer wins and the other is "
+        "cancelled. Off by default; streamed calls are never hedged. See docs/configuration.md.")
 
 
 class LimitsConfig(Strict):

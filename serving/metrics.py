@@ -79,6 +79,10 @@ class Metrics:
             self.backend_errors.labels(feature, record.route).inc()
             return
         backend = record.backend or ""
+        if record.cancelled:  # a hedge's losing half: it cost its prompt, it answered nothing
+            self.tokens.labels(tenant, feature, "in").inc(record.usage.prompt_tokens)
+            self.cost.labels(tenant, feature).inc(record.cost_usd)
+            return
         self.backend_latency.labels(feature, backend).observe(record.latency_ms / 1000)
         route = self.routes.get(record.route)
         if route is not None and route.backends and backend != route.backends[0]:

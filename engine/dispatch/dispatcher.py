@@ -62,6 +62,9 @@ class CallRecord:
     latency_ms: float
     labels: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: A hedged call's other half, cancelled once this call had its answer: its usage is the
+    #: prompt the backend was sent (output unknown, counted as none).
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,11 @@ class _Run:
                                 backend=self.route)
         return self.last_error
 
-    def record(self, completion: Completion | None, error: BackendError | None) -> CallRecord:
+    def record(self, completion: Completion | None, error: BackendError | None, *,
+               cancelled: bool = False) -> CallRecord:
         usage = completion.usage if completion else Usage()
+        if cancelled and self.last_backend is not None:
+            usage = Usage(self.d.prompt_tokens(self.last_backend, self.request), 0)
         backend = completion.backend if completion else self.last_backend
         config = self.d.backend_configs.get(backend or "")
         model = completion.model if completion else None
@@ -177,7 +183,8 @@ class _Run:
             route=self.route, backend=backend, model=model, attempts=self.attempts, usage=usage,
             cost_usd=cost_usd(config, model or config.model, usage) if config else 0.0,
             latency_ms=(time.monotonic() - self.started) * 1000.0,
-            labels=dict(self.request.labels), error=str(error) if error else None)
+            labels=dict(self.request.labels), error=str(error) if error else None,
+            cancelled=cancelled)
         if self.d.on_call is not None:
             self.d.on_call(record)
         return record
@@ -307,11 +314,50 @@ class Dispatcher:
         streams, any other sends its whole reply once it has it. Failures before the first
         chunk retry and fall back as usual; after it they are raised. Either way the returned
         completion names the backend that produced the text."""
-        run = _Run(self, route, request,
-                   self.deadline_for(route) if deadline is None else deadline)
+        deadline = self.deadline_for(route) if deadline is None else deadline
+        names = _without(self.ensure_fits(route, request), skip)
+        hedge_after_ms = self.route(route).hedge_after_ms
+        if hedge_after_ms is None or on_text is not None or len(names) < 2:
+            return await self._walk(_Run(self, route, request, deadline), names, on_text)
+        return await self._hedged(route, request, deadline, names, hedge_after_ms / 1000)
+
+    async def _hedged(self, route: str, request: CompletionRequest, deadline: float,
+                      names: list[str], after_s: float) -> Dispatched:
+        """The call along `names`; if it has no answer after `after_s`, the same call also
+        along the backends after the one it waits on. The first answer wins and the other
+        call is cancelled; a failure waits for the other call's outcome."""
+        first = _Run(self, route, request, deadline)
+        runs: dict[asyncio.Future[Dispatched], _Run] = {
+            asyncio.ensure_future(self._walk(first, names, None)): first}
         try:
-            for name, backend in run.candidates(_without(self.ensure_fits(route, request),
-                                                         skip)):
+            done, _ = await asyncio.wait(runs, timeout=after_s)
+            waiting_on = first.last_backend
+            rest = names[names.index(waiting_on) + 1:] if waiting_on in names else []
+            if not done and rest:
+                second = _Run(self, route, request, deadline)
+                runs[asyncio.ensure_future(self._walk(second, rest, None))] = second
+            pending: set[asyncio.Future[Dispatched]] = set(runs)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+            # Both failed: the first call's error, as without a hedge.
+            errors = [error for task in runs if (error := task.exception()) is not None]
+            raise errors[0]
+        finally:
+            losers = {task: run for task, run in runs.items() if not task.done()}
+            for task in losers:
+                task.cancel()
+            await asyncio.gather(*losers, return_exceptions=True)
+            for run in losers.values():
+                if run.attempts:
+                    run.record(None, None, cancelled=True)
+
+    async def _walk(self, run: _Run, names: list[str], on_text: TextSink | None) -> Dispatched:
+        """Try `names` in order, retrying each as the route allows, until one answers."""
+        try:
+            for name, backend in run.candidates(names):
                 retry = 0
                 while True:
                     attempt = run.attempt_request(name)
