@@ -19,8 +19,9 @@ from tests.conftest import free_port
 from tests.serving.conftest import LiveServer, start_server, write_project
 from tests.serving.test_failure_isolation import NOTE, OK
 
-TIMEOUT_S = 1.0
-SLOW = {"kind": "scripted", "options": {"replies": ['{"sentiment": "positive"}'], "delay": 2}}
+TIMEOUT_S = 2.0
+#: A backend slower than the header timeout: the call must still be answered.
+SLOW = {"kind": "scripted", "options": {"replies": ['{"sentiment": "positive"}'], "delay": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_slow_but_complete_headers_within_the_limit_are_served(live: LiveServer)
     with _connect(live.url) as sock:
         for start in range(0, len(request), len(request) // 5 + 1):
             sock.sendall(request[start:start + len(request) // 5 + 1])
-            time.sleep(TIMEOUT_S / 8)
+            time.sleep(TIMEOUT_S / 20)  # about a third of the limit in all, with room for load
         sock.sendall(body)
         assert _read_response(sock).startswith(b"HTTP/1.1 200")
 
@@ -93,7 +94,7 @@ def test_slow_but_complete_headers_within_the_limit_are_served(live: LiveServer)
 def test_a_request_slower_than_the_header_timeout_is_not_cut_off(live: LiveServer) -> None:
     response = httpx.post(live.url + "/v1/features/slow", json={"input": {"body": "fine"}},
                           headers=live.keys.bearer("acme"), timeout=30)
-    assert response.status_code == 200  # the backend took 2 s, twice the header timeout
+    assert response.status_code == 200  # the backend took 3 s, past the header timeout
 
 
 def test_the_timer_rearms_after_a_keep_alive_response(live: LiveServer) -> None:
@@ -101,16 +102,20 @@ def test_the_timer_rearms_after_a_keep_alive_response(live: LiveServer) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_response(sock).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
-        assert _closed_after(sock) < TIMEOUT_S + 3  # before uvicorn's 5 s keep-alive
+        # uvicorn's keep-alive timer stopped when these bytes came: only ours closes it.
+        assert _closed_after(sock) < TIMEOUT_S + 3
 
 
 # -- both protocol implementations, in process -------------------------------------------------
+
+IN_PROCESS_S = 1.0
+
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     if scope["path"] == "/slow":
-        await asyncio.sleep(TIMEOUT_S * 1.5)
+        await asyncio.sleep(IN_PROCESS_S * 1.5)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -118,8 +123,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(params=["h11", "auto"])
 def in_process(request: pytest.FixtureRequest) -> Iterator[str]:
-    protocol = (type("H11", (H11HeaderTimeout,), {"header_timeout_s": TIMEOUT_S})
-                if request.param == "h11" else http_protocol(TIMEOUT_S))
+    protocol = (type("H11", (H11HeaderTimeout,), {"header_timeout_s": IN_PROCESS_S})
+                if request.param == "h11" else http_protocol(IN_PROCESS_S))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=port, http=protocol,
                                            log_config=None, lifespan="off", ws="none"))
@@ -138,6 +143,6 @@ def test_each_protocol_closes_partial_headers_and_serves_slow_requests(in_proces
         stalled.sendall(b"GET / HTTP/1.1\r\nHost")
         slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_response(slow).startswith(b"HTTP/1.1 200")
-        assert _closed_after(stalled) < TIMEOUT_S + 3
+        assert _closed_after(stalled) < IN_PROCESS_S + 3
         slow.sendall(b"GET / HTTP/1.1\r\n")  # keep-alive: the next request's headers stall
-        assert _closed_after(slow) < TIMEOUT_S + 3
+        assert _closed_after(slow) < IN_PROCESS_S + 3

@@ -44,7 +44,7 @@ async def test_a_slow_first_backend_is_hedged_and_the_faster_answer_wins() -> No
 
 async def test_an_answer_before_the_hedge_delay_asks_no_second_backend() -> None:
     a, b = ScriptedBackend(["from a"], name="a"), ScriptedBackend(["from b"], name="b")
-    hedged, records = dispatcher(a, b)
+    hedged, records = dispatcher(a, b, hedge_after_ms=500)
     done = await hedged.dispatch("r", REQUEST, deadline=time.monotonic() + 10)
     assert done.completion.text == "from a"
     assert (a.calls, b.calls, len(records)) == (1, 0, 1)
