@@ -2,7 +2,8 @@
 
 First the feature's override JSON Schema (keys, types, examples against the feature's input and
 output schemas), then, if that passes, the engine's own build of the override (templates compile
-in the sandbox and render for the feature's example inputs). No store and no model are used.
+in the sandbox and render for the feature's example inputs and a sample input built from its
+input schema). No store and no model are used.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from featurelm.cli import main
 from featurelm.engine import ContractError, Engine
 from featurelm.engine.sample_input import sample_input
 from featurelm.engine.schemas import violations
@@ -122,3 +123,15 @@ async def test_an_override_that_handles_every_input_is_saved(engine: Engine) -> 
                                           yaml.safe_dump({"prompt": {"user": template}}),
                                           author="ann")
     assert result.version == 1
+
+
+def test_override_check_reports_a_template_that_breaks_on_the_sample_input(
+        make_project: ProjectFactory, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_project([TICKET])
+    override = tmp_path / "ticket.yaml"
+    override.write_text(yaml.safe_dump({"prompt": {"user": "{{ body }}{% if channel is defined "
+                                                           "%}{{ channel.label }}{% endif %}"}}))
+    assert main(["--config", str(config), "override", "check", str(override)]) == 2
+    err = capsys.readouterr().err
+    assert "prompt" in err and "for a sample input built from the input schema" in err
