@@ -66,7 +66,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # The JSON lines carry no source location, thread or process: skip collecting them for
     # every record (logging's documented optimisations; the caller lookup walks the stack).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
