@@ -206,8 +206,15 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
         task = asyncio.create_task(_once(svc, caller, request, raw, produce))
         task.add_done_callback(lambda _: deltas.put_nowait(None))
         try:
-            while (event := await deltas.get()) is not None:
-                yield event
+            ended = False
+            while not ended:
+                # Events that queued up meanwhile (a busy server) go out in one write.
+                batch = [await deltas.get()]
+                while not deltas.empty():
+                    batch.append(deltas.get_nowait())
+                ended = batch[-1] is None  # the end marker always comes last
+                if chunk := b"".join(event for event in batch if event is not None):
+                    yield chunk
             stored = task.result()
             if stored.replayed:
                 yield _sse("progress", {"stage": "replayed", "feature": feature.name})
