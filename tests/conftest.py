@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def fresh_rate_window(need_s: float = 10.0) -> None:
+    """Rate limits count calls per wall-clock minute: when this minute has less than `need_s`
+    left, wait for the next one, so the calls a test counts all fall in one window."""
+    left = 60 - time.time() % 60
+    if left < need_s:
+        time.sleep(left + 0.05)
 
 
 def scripted(*replies: str) -> dict[str, Any]:

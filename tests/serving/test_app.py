@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from featurelm.engine import Engine
 from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.serving.app import create_app
-from tests.conftest import SENTIMENT, ProjectFactory, last_line_of_python
+from tests.conftest import SENTIMENT, ProjectFactory, fresh_rate_window, last_line_of_python
 from tests.serving.conftest import Client, ClientFactory
 
 CALL = {"input": {"text": "great"}}
@@ -240,6 +240,7 @@ async def test_unexpected_errors_show_no_trace(make_client: ClientFactory) -> No
 
 async def test_rate_limit_is_per_tenant_with_retry_after(make_client: ClientFactory) -> None:
     client = await make_client(extra={"http": {"rate_limit_per_minute": 2}})
+    fresh_rate_window()
     statuses = [(await client.http.post("/v1/features/sentiment", json=CALL,
                                         headers=as_acme(client))).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

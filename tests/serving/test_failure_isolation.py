@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from featurelm.engine.testing.fault_server import Fault, FaultPlan, FaultServer
-from tests.conftest import SENTIMENT, free_port, scripted
+from tests.conftest import SENTIMENT, free_port, fresh_rate_window, scripted
 from tests.serving.conftest import LiveServer, start_server, write_project
 from tests.serving.faults import PausableProxy, Silent
 
@@ -114,6 +114,7 @@ def test_rate_limit_holds_per_replica_while_redis_is_down(server_factory: Any) -
     server = server_factory("redis-limit", cache=f"redis://127.0.0.1:{free_port()}/0",
                             cache_settings={"redis_timeout_s": 0.2},
                             http={"rate_limit_per_minute": 3, "drain_s": 0.1})
+    fresh_rate_window(20)
     statuses = [_call(server)[0].status_code for _ in range(5)]
     assert statuses[:3] == [200] * 3 and statuses[3:] == [429, 429]
 

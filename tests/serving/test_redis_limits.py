@@ -12,6 +12,7 @@ from featurelm.engine.errors import IdempotencyKeyError, QuotaExceededError, Rat
 from featurelm.serving.idempotency import Idempotency, Stored
 from featurelm.serving.kv import RedisKV
 from featurelm.serving.limits import Limiter
+from tests.conftest import fresh_rate_window
 
 pytestmark = pytest.mark.redis
 
@@ -29,6 +30,7 @@ async def replicas() -> AsyncIterator[tuple[RedisKV, RedisKV]]:
 async def test_rate_limit_is_shared_between_replicas(replicas: tuple[RedisKV, RedisKV]) -> None:
     config = HttpConfig(rate_limit_per_minute=3)
     one, two = (Limiter(kv, config) for kv in replicas)
+    fresh_rate_window()
     await one.take("acme", 2)
     await two.take("acme")
     with pytest.raises(RateLimitedError) as refused:

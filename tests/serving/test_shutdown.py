@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SENTIMENT, scripted
+from tests.conftest import SENTIMENT, fresh_rate_window, scripted
 from tests.serving.conftest import LiveServer, feature, start_server, write_project
 
 pytestmark = pytest.mark.slow
@@ -36,6 +36,7 @@ def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
 
 def test_rate_limit_answers_429_with_retry_after(strict_server: LiveServer) -> None:
     headers = strict_server.keys.bearer("busy")
+    fresh_rate_window()
     with httpx.Client(base_url=strict_server.url, timeout=10) as http:
         statuses = [http.post("/v1/features/sentiment", json=CALL, headers=headers)
                     for _ in range(3)]
