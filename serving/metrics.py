@@ -5,10 +5,12 @@ and tenant store failures); one registry per app, no globals."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 from featurelm.engine.config import RouteConfig
 from featurelm.engine.dispatch import CallRecord
@@ -65,49 +67,59 @@ class Metrics:
             ["feature", "tenant"], buckets=(256, 1024, 4096, 16384, 65536, 262144), registry=r)
         #: Enum-valued output fields per (feature, version): the values `output_values` counts.
         self._enums: dict[tuple[str, int], dict[str, frozenset[str]]] = {}
+        #: Labelled children by metric and label values: labels() validates and takes a lock
+        #: on every call, about ten times per feature call.
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self.feedback_score = Histogram(
             "featurelm_feedback_score", "Scores given as feedback (0 = wrong .. 1 = right).",
             ["feature", "tenant", "version"], buckets=(0.2, 0.4, 0.6, 0.8, 1.0), registry=r)
+
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
 
     def on_call(self, record: CallRecord) -> None:
         """engine.on_call listener: one record per dispatched backend call."""
         feature = record.labels.get("feature", "")
         tenant = record.labels.get("tenant", "") or "-"
         if record.attempts > 1:
-            self.retries.labels(feature, record.route).inc(record.attempts - 1)
+            self._child(self.retries, feature, record.route).inc(record.attempts - 1)
         if record.error is not None:
-            self.backend_errors.labels(feature, record.route).inc()
+            self._child(self.backend_errors, feature, record.route).inc()
             return
         backend = record.backend or ""
         if record.cancelled:  # a hedge's losing half: it cost its prompt, it answered nothing
-            self.tokens.labels(tenant, feature, "in").inc(record.usage.prompt_tokens)
-            self.cost.labels(tenant, feature).inc(record.cost_usd)
+            self._child(self.tokens, tenant, feature, "in").inc(record.usage.prompt_tokens)
+            self._child(self.cost, tenant, feature).inc(record.cost_usd)
             return
-        self.backend_latency.labels(feature, backend).observe(record.latency_ms / 1000)
+        self._child(self.backend_latency, feature, backend).observe(record.latency_ms / 1000)
         route = self.routes.get(record.route)
         if route is not None and route.backends and backend != route.backends[0]:
-            self.fallbacks.labels(feature, record.route, backend).inc()
-        self.tokens.labels(tenant, feature, "in").inc(record.usage.prompt_tokens)
-        self.tokens.labels(tenant, feature, "out").inc(record.usage.completion_tokens)
-        self.cost.labels(tenant, feature).inc(record.cost_usd)
+            self._child(self.fallbacks, feature, record.route, backend).inc()
+        self._child(self.tokens, tenant, feature, "in").inc(record.usage.prompt_tokens)
+        self._child(self.tokens, tenant, feature, "out").inc(record.usage.completion_tokens)
+        self._child(self.cost, tenant, feature).inc(record.cost_usd)
 
     def on_result(self, meta: Meta) -> None:
-        self.feature_latency.labels(meta.feature, meta.backend).observe(meta.latency_ms / 1000)
-        self.cache.labels(meta.feature, "hit" if meta.cached else "miss").inc()
+        self._child(self.feature_latency, meta.feature, meta.backend).observe(
+            meta.latency_ms / 1000)
+        self._child(self.cache, meta.feature, "hit" if meta.cached else "miss").inc()
         if meta.attempts > 1:
-            self.validation_failures.labels(meta.feature, "output").inc(meta.attempts - 1)
+            self._child(self.validation_failures, meta.feature, "output").inc(meta.attempts - 1)
 
     def on_feedback(self, feature: str, tenant: object, version: object, score: float | None,
                     label: str | None, corrected: bool) -> None:
         who = str(tenant or "-")
         shown = str(version) if isinstance(version, int) else "base"
         if score is not None:
-            self.feedback.labels(feature, who, shown, "score").inc()
-            self.feedback_score.labels(feature, who, shown).observe(score)
+            self._child(self.feedback, feature, who, shown, "score").inc()
+            self._child(self.feedback_score, feature, who, shown).observe(score)
         if label is not None:
-            self.feedback.labels(feature, who, shown, "label").inc()
+            self._child(self.feedback, feature, who, shown, "label").inc()
         if corrected:
-            self.feedback.labels(feature, who, shown, "correction").inc()
+            self._child(self.feedback, feature, who, shown, "correction").inc()
 
     def on_output(self, feature: LoadedFeature, tenant: str | None,
                   output: Mapping[str, object]) -> None:
@@ -123,19 +135,19 @@ class Metrics:
         for field, allowed in enums.items():
             value = output.get(field)
             if isinstance(value, str) and value in allowed:
-                self.output_values.labels(feature.name, tenant or "-", field, value).inc()
+                self._child(self.output_values, feature.name, tenant or "-", field, value).inc()
 
     def on_input_size(self, feature: str, tenant: str | None, size: int) -> None:
-        self.input_bytes.labels(feature, tenant or "-").observe(size)
+        self._child(self.input_bytes, feature, tenant or "-").observe(size)
 
     def on_input_refused(self, feature: str) -> None:
-        self.validation_failures.labels(feature, "input").inc()
+        self._child(self.validation_failures, feature, "input").inc()
 
     def on_output_failed(self, feature: str, attempts: int) -> None:
-        self.validation_failures.labels(feature, "output").inc(attempts)
+        self._child(self.validation_failures, feature, "output").inc(attempts)
 
     def on_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_latency.labels(method, route, str(status)).observe(seconds)
+        self._child(self.http_latency, method, route, str(status)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
