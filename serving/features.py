@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions
+from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions, json_bytes
 from featurelm.engine.errors import BodyTooLargeError, TooLargeError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.streaming import Delta, FeatureStream, output_text
@@ -88,12 +88,12 @@ def parse_body(raw: bytes, field: str) -> dict[str, Any]:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False).encode(), status_code=status,
+    return Response(json_bytes.dumps(data), status_code=status,
                     media_type="application/json")
 
 
 def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), json_bytes.dumps(data))
 
 
 def _counted(svc: Services, feature: LoadedFeature, exc: Exception) -> None:
@@ -118,8 +118,7 @@ async def _run(svc: Services, caller: Caller, feature: LoadedFeature, input: Any
 
 def _result_body(result: Result) -> bytes:
     """The body of a 200 answer, and of a stream's `result` event (a replay shows either)."""
-    return json.dumps({"output": result.output, "meta": result.meta.as_dict()},
-                      ensure_ascii=False).encode()
+    return json_bytes.dumps({"output": result.output, "meta": result.meta.as_dict()})
 
 
 async def _account(svc: Services, caller: Caller, result: Result,
@@ -263,7 +262,7 @@ async def call_batch(svc: Services, name: str, request: Request, caller: Caller)
 
     async def produce() -> Stored:
         results = await asyncio.gather(*(one(i) for i in inputs))
-        return Stored(200, json.dumps({"results": results}, ensure_ascii=False).encode())
+        return Stored(200, json_bytes.dumps({"results": results}))
 
     return await _idempotent(svc, caller, request, raw, produce)
 

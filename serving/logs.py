@@ -6,7 +6,6 @@ the input or the output, which may hold a tenant's private data.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from featurelm.engine import json_bytes
 from featurelm.engine.traces import request_id as engine_request_id
 from featurelm.serving.metrics import Metrics
 
@@ -46,7 +46,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             data["error"] = record.exc_info[0].__name__
             data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return json_bytes.dumps(data, default=str).decode()
 
 
 def _stamp_request_id(record: logging.LogRecord) -> bool:

@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from featurelm.engine import json_bytes
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
 from featurelm.engine.backends.pool import ConnectionGate
 from featurelm.engine.backends.provider_errors import (
@@ -274,10 +275,9 @@ class OpenAICompatBackend:
                                      sock_read=min(self._read_timeout, budget))
 
     def _body(self, request: CompletionRequest, stream: bool = False) -> bytes:
-        return json.dumps(chat_body(request, model=self.model,
-                                    dialect=self.capabilities.structured,
-                                    send_cache_salt=self.send_cache_salt,
-                                    stream=stream)).encode()
+        return json_bytes.dumps(chat_body(request, model=self.model,
+                                          dialect=self.capabilities.structured,
+                                          send_cache_salt=self.send_cache_salt, stream=stream))
 
     async def complete(self, request: CompletionRequest) -> Completion:
         async with self._gate().slot(request.timeout):

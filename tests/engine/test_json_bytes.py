@@ -1,0 +1,30 @@
+"""The per-call JSON encoder: orjson's bytes, or the standard library's for what orjson refuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from featurelm.engine.json_bytes import dumps
+
+
+@pytest.mark.parametrize("value", [
+    {"output": {"sentiment": "négatif", "score": 0.25}, "meta": {"cached": False, "v": None}},
+    {"big": 2**80, "small": -(2**70)},         # beyond 64 bits: orjson refuses
+    {"text": "a\ud800b"},                      # a lone surrogate: not UTF-8 encodable
+    {1: "int key", "k": [1, 2.5, "x"]},        # a non-string key: json writes it as "1"
+])
+def test_every_value_encodes_to_json_that_reads_back(value: dict[Any, Any]) -> None:
+    encoded = dumps(value)
+    assert isinstance(encoded, bytes)
+    assert json.loads(encoded) == json.loads(json.dumps(value))
+
+
+def test_text_is_utf8_not_escaped_and_compact() -> None:
+    assert dumps({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode()
+
+
+def test_default_handles_what_json_cannot_encode() -> None:
+    assert json.loads(dumps({"s": {1}}, default=str)) == {"s": "{1}"}
