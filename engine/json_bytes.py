@@ -15,9 +15,13 @@ from typing import Any
 import orjson
 
 
-def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
-    """`value` as UTF-8 JSON, compact."""
+def dumps(value: Any, *, default: Callable[[Any], Any] | None = None,
+          sort_keys: bool = False) -> bytes:
+    """`value` as UTF-8 JSON, compact; with `sort_keys`, the same bytes whatever the order
+    of its keys (for hashing)."""
     try:
-        return orjson.dumps(value, default=default)
+        return orjson.dumps(value, default=default,
+                            option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(value, default=default, separators=(",", ":")).encode()
+        return json.dumps(value, default=default, separators=(",", ":"),
+                          sort_keys=sort_keys).encode()

@@ -15,20 +15,41 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class _HeaderDeadline:
-    """One timer per connection: armed while the server waits for a request's headers."""
+    """Closes a connection that has waited `seconds` for a request's headers.
+
+    Arming and disarming happen twice per request, so they only note the time; one timer per
+    connection reads the note when it fires and sets itself again for the time left (a busy
+    keep-alive connection costs one timer per `seconds`, not one per request)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        #: Event-loop time the wait for headers began; None while a request is in progress.
+        self._since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def arm(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
-        self.cancel()
-        self._timer = loop.call_later(self.seconds, _close, transport)
+        self._since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._since + self.seconds, self._check, loop, transport)
 
     def cancel(self) -> None:
+        self._since = None
+
+    def stop(self) -> None:
+        self._since = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _check(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+        self._timer = None
+        if self._since is None:
+            return  # a request is in progress: the next arm() starts a timer
+        due = self._since + self.seconds
+        if loop.time() >= due:
+            _close(transport)
+        else:
+            self._timer = loop.call_at(due, self._check, loop, transport)
 
 
 def _close(transport: asyncio.Transport) -> None:
@@ -49,7 +70,7 @@ class H11HeaderTimeout(H11Protocol):
         self.header_deadline.arm(self.loop, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.header_deadline.cancel()
+        self.header_deadline.stop()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
@@ -84,7 +105,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             self.header_deadline.arm(self.loop, transport)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.header_deadline.cancel()
+            self.header_deadline.stop()
             super().connection_lost(exc)
 
         def on_headers_complete(self) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from featurelm.engine import json_bytes
 from featurelm.engine.loader import LoadedFeature
-from featurelm.engine.schemas import canonical_json
 from featurelm.engine.types import CompletionRequest
 
 #: Bumped when the key material changes, so old entries are never misread.
@@ -59,12 +59,12 @@ def _feed(hasher: Any, encoded: bytes) -> None:
 
 
 def _digest(*fields: Any, texts: Sequence[str] = ()) -> str:
-    """Each field as canonical JSON (sorted keys, fixed separators: key order never matters),
-    then each text as its own UTF-8 bytes: the rendered prompt, by far the largest part of
-    the material, is hashed as it is instead of being escaped into JSON first."""
+    """Each field as JSON with sorted keys (key order never matters), then each text as its
+    own UTF-8 bytes: the rendered prompt, by far the largest part of the material, is hashed
+    as it is instead of being escaped into JSON first."""
     hasher = hashlib.sha256()
     for value in fields:
-        _feed(hasher, canonical_json(value).encode())
+        _feed(hasher, json_bytes.dumps(value, sort_keys=True))
     _feed(hasher, b"%d" % len(texts))
     for text in texts:
         # surrogatepass: a lone surrogate still hashes, and to bytes no valid text has.

@@ -28,3 +28,10 @@ def test_text_is_utf8_not_escaped_and_compact() -> None:
 
 def test_default_handles_what_json_cannot_encode() -> None:
     assert json.loads(dumps({"s": {1}}, default=str)) == {"s": "{1}"}
+
+
+def test_sorted_keys_give_the_same_bytes_whatever_the_order() -> None:
+    one = dumps({"b": 1, "a": {"y": [1], "x": None}}, sort_keys=True)
+    assert one == dumps({"a": {"x": None, "y": [1]}, "b": 1}, sort_keys=True)
+    assert one == b'{"a":{"x":null,"y":[1]},"b":1}'
+    assert dumps({"b": 2**70, "a": 1}, sort_keys=True) == b'{"a":1,"b":%d}' % 2**70

@@ -146,3 +146,15 @@ def test_each_protocol_closes_partial_headers_and_serves_slow_requests(in_proces
         assert _closed_after(stalled) < IN_PROCESS_S + 3
         slow.sendall(b"GET / HTTP/1.1\r\n")  # keep-alive: the next request's headers stall
         assert _closed_after(slow) < IN_PROCESS_S + 3
+
+
+def test_a_busy_keep_alive_connection_outlives_the_timeout(in_process: str) -> None:
+    # One timer per connection, set again for the time left: each request resets the wait.
+    with _connect(in_process) as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < IN_PROCESS_S * 3:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(IN_PROCESS_S * 0.4)
+        sock.sendall(b"GET / HTTP/1.1\r\nHo")
+        assert _closed_after(sock) < IN_PROCESS_S + 3
