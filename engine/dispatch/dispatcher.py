@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from featurelm.engine.backends import build_backend
 from featurelm.engine.backends.base import Backend, StreamingBackend
@@ -404,23 +404,28 @@ class Dispatcher:
         run.sent = False
         if on_text is None or not _streams(backend):
             return await run.guard(name, backend.complete(request))
-        assert isinstance(backend, StreamingBackend)
-        chunks = backend.stream(request).__aiter__()
+        chunks = cast(StreamingBackend, backend).stream(request).__aiter__()
         parts: list[str] = []
         usage: Usage | None = None
-        try:
-            while True:
-                try:
-                    # The attempt's share of the time until the first chunk; then the deadline.
-                    item = await run.guard(name, chunks.__anext__(), whole_deadline=run.sent)
-                except StopAsyncIteration:
-                    break
+
+        async def relay(until_first_text: bool) -> None:
+            nonlocal usage
+            async for item in chunks:
                 if isinstance(item, Usage):
                     usage = item  # the provider counted: its numbers, as for `complete`
                     continue
                 parts.append(item)
                 run.sent = True
                 await on_text(item)
+                if until_first_text:
+                    return
+
+        try:
+            # The attempt's share of the time until the first text, then the whole deadline
+            # for the rest (one timer for all the chunks, not one per chunk).
+            await run.guard(name, relay(until_first_text=True))
+            if run.sent:
+                await run.guard(name, relay(until_first_text=False), whole_deadline=True)
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -433,8 +438,17 @@ class Dispatcher:
         return Completion(text=text, backend=name, model=backend.model, usage=usage)
 
 
+#: Whether each backend class has `stream`: an isinstance check against a runtime Protocol
+#: inspects the protocol's members each time (tens of microseconds per streamed call).
+_STREAMING_CLASSES: dict[type, bool] = {}
+
+
 def _streams(backend: Backend) -> bool:
-    return isinstance(backend, StreamingBackend) and backend.capabilities.streaming
+    kind = type(backend)
+    can = _STREAMING_CLASSES.get(kind)
+    if can is None:
+        can = _STREAMING_CLASSES[kind] = isinstance(backend, StreamingBackend)
+    return can and backend.capabilities.streaming
 
 
 def _without(names: list[str], skip: frozenset[str]) -> list[str]:
