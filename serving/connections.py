@@ -27,7 +27,7 @@ class _HeaderDeadline:
         self._since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def arm(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+    def arm(self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport) -> None:
         self._since = loop.time()
         if self._timer is None:
             self._timer = loop.call_at(self._since + self.seconds, self._check, loop, transport)
@@ -41,7 +41,7 @@ class _HeaderDeadline:
             self._timer.cancel()
             self._timer = None
 
-    def _check(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+    def _check(self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport) -> None:
         self._timer = None
         if self._since is None:
             return  # a request is in progress: the next arm() starts a timer
@@ -52,27 +52,33 @@ class _HeaderDeadline:
             self._timer = loop.call_at(due, self._check, loop, transport)
 
 
-def _close(transport: asyncio.Transport) -> None:
+def _close(transport: asyncio.BaseTransport) -> None:
     # Armed only while no request is in progress, so nothing is cut off mid-response.
     if not transport.is_closing():
         transport.close()
 
 
-class H11HeaderTimeout(H11Protocol):
+class _HeaderTimeout:
+    """What both protocol classes add: the deadline, armed when a client connects and
+    stopped when it goes. Each class disarms it where its parser completes the headers."""
+
     header_timeout_s = 10.0
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_deadline = _HeaderDeadline(self.header_timeout_s)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self.header_deadline.arm(self.loop, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.header_deadline.stop()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
+
+class H11HeaderTimeout(_HeaderTimeout, H11Protocol):
     def handle_events(self) -> None:
         cycle = self.cycle
         super().handle_events()
@@ -93,21 +99,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
     except ImportError:  # httptools is optional: uvicorn falls back to h11 without it
         return None
 
-    class HttpToolsHeaderTimeout(HttpToolsProtocol):
-        header_timeout_s = 10.0
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.header_deadline = _HeaderDeadline(self.header_timeout_s)
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.header_deadline.arm(self.loop, transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.header_deadline.stop()
-            super().connection_lost(exc)
-
+    class HttpToolsHeaderTimeout(_HeaderTimeout, HttpToolsProtocol):
         def on_headers_complete(self) -> None:
             self.header_deadline.cancel()
             super().on_headers_complete()
