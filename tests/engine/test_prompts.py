@@ -58,7 +58,12 @@ def test_sandbox_escapes_are_refused_when_compiled(renderer: PromptRenderer, sou
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
      "longer than"),
     ("{% for i in range(100000) %}{{ text }}{% endfor %}", "exceeds"),
-    ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "failed"),
+    # Refused by the recursion limit, or on a slow machine by the deadline first; then the
+    # watchdog's interrupt may land in a weakref callback while the recursion unwinds, where
+    # Python reports it as unraisable instead of raising it: the refusal holds either way.
+    pytest.param("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "failed|longer than",
+                 marks=pytest.mark.filterwarnings(
+                     "ignore::pytest.PytestUnraisableExceptionWarning")),
 ])
 def test_resource_bombs_are_bounded(renderer: PromptRenderer, source: str, reason: str) -> None:
     compiled = renderer.compile(source, ["text"])
