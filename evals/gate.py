@@ -6,9 +6,7 @@ the tenant can fix the override rather than guess.
 
 from __future__ import annotations
 
-from typing import Any
-
-from featurelm.engine import Engine, RunOptions
+from featurelm.engine import Engine
 from featurelm.engine.errors import ContractError, ContractIssue
 from featurelm.engine.loader import LoadedFeature
 from featurelm.engine.overrides import EvalGate
@@ -21,21 +19,15 @@ def make_eval_gate(engine: Engine, *, concurrency: int = 4) -> EvalGate:
         # The eval machinery loads with the first gated activation, not with every server.
         from featurelm.evals.assertions import Services
         from featurelm.evals.baseline import describe_failure
-        from featurelm.evals.harness import EngineJudge, target_for
-        from featurelm.evals.runner import Invocation, run_suite
+        from featurelm.evals.harness import EngineJudge, feature_invoker, target_for
+        from featurelm.evals.runner import run_suite
         from featurelm.evals.similarity import LazyEmbedder
-
-        async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
-            options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
-                                 labels={"case": case_id, "feature": feature})
-            result = await engine.run_feature(candidate, input, tenant=tenant, options=options)
-            return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
-                              cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
 
         target = target_for(engine, candidate)
         if target.dataset is None:
             return 1.0  # nothing to gate on: the feature ships no eval cases
-        [result] = await run_suite([target], invoke, concurrency=concurrency,
+        [result] = await run_suite([target], feature_invoker(engine, candidate, tenant),
+                                   concurrency=concurrency,
                                    services=Services(embedder=LazyEmbedder(),
                                                      judge=EngineJudge(engine)))
         source = f"override {tenant}/{candidate.name}"

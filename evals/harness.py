@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from featurelm.engine import Engine, RunOptions
+from featurelm.engine import Engine, Result, RunOptions
 from featurelm.engine.dispatch.dispatcher import CallRecord
 from featurelm.engine.errors import FeaturelmError, NotFoundError
 from featurelm.engine.loader import LoadedFeature
 from featurelm.evals.assertions import Verdict
 from featurelm.evals.dataset import find_dataset
-from featurelm.evals.runner import CallFailed, FeatureTarget, Invocation
+from featurelm.evals.runner import CallFailed, FeatureTarget, Invocation, Invoker
 
 #: Where datasets are looked for when a feature file does not name one (relative to the root).
 DATASETS_DIR = Path("evals/datasets")
@@ -97,8 +97,25 @@ class EngineInvoker:
             raise CallFailed(exc, round(self._spent.get(key, 0.0), 8)) from exc
         finally:
             self._spent.pop(key, None)
-        return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
-                          cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
+        return _invocation(result)
+
+
+def feature_invoker(engine: Engine, subject: LoadedFeature, tenant: str | None) -> Invoker:
+    """Calls one given version of a feature (an override not active yet, or the base) as
+    `tenant`, without the cache: how the eval gate and the console test a version."""
+
+    async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
+        # Labelled as an eval case: never traced, like every eval call.
+        options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
+                             labels={"case": case_id, "feature": feature})
+        return _invocation(await engine.run_feature(subject, input, tenant=tenant,
+                                                    options=options))
+    return invoke
+
+
+def _invocation(result: Result) -> Invocation:
+    return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
+                      cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
 
 
 JUDGE_OUTPUT: dict[str, Any] = {

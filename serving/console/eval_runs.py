@@ -19,9 +19,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from featurelm.engine import Engine, RunOptions
+from featurelm.engine import Engine
 from featurelm.engine.errors import ConflictError
 from featurelm.engine.loader import LoadedFeature
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     # with every server: the console's other pages never need it.
     from featurelm.evals.compare import Comparison
     from featurelm.evals.results import FeatureResult, SuiteResult
-    from featurelm.evals.runner import FeatureTarget, Invocation, Invoker
+    from featurelm.evals.runner import FeatureTarget
 
 log = logging.getLogger("featurelm.console")
 
@@ -96,19 +96,6 @@ class _Counter:
         pass
 
 
-def _invoker(engine: Engine, subject: LoadedFeature, tenant: str | None) -> Invoker:
-    from featurelm.evals.runner import Invocation
-
-    async def invoke(feature: str, input: dict[str, Any], *, case_id: str) -> Invocation:
-        # Labelled as an eval case: never traced, never cached, like the eval gate's calls.
-        options = RunOptions(cache_read=False, cache_write=False, coalesce=False,
-                             labels={"case": case_id, "feature": feature})
-        result = await engine.run_feature(subject, input, tenant=tenant, options=options)
-        return Invocation(output=result.output, latency_ms=result.meta.latency_ms,
-                          cost_usd=result.meta.cost_usd, meta=result.meta.as_dict())
-    return invoke
-
-
 class EvalRuns:
     """The latest run per (tenant, feature), at most one running per pair."""
 
@@ -161,7 +148,7 @@ class EvalRuns:
                    target: Callable[[LoadedFeature], FeatureTarget]) -> None:
         from featurelm.evals.assertions import Services
         from featurelm.evals.compare import compare
-        from featurelm.evals.harness import EngineJudge
+        from featurelm.evals.harness import EngineJudge, feature_invoker
         from featurelm.evals.results import SuiteResult
         from featurelm.evals.runner import run_suite
         from featurelm.evals.similarity import LazyEmbedder
@@ -171,9 +158,9 @@ class EvalRuns:
         progress = _Counter(run)
 
         async def side(feature: LoadedFeature) -> SuiteResult:
-            [result] = await run_suite([target(feature)], _invoker(engine, feature, run.tenant),
-                                       services=services, concurrency=CONCURRENCY,
-                                       progress=progress)
+            invoke = feature_invoker(engine, feature, run.tenant)
+            [result] = await run_suite([target(feature)], invoke, services=services,
+                                       concurrency=CONCURRENCY, progress=progress)
             return SuiteResult(features=[result], meta={
                 "mode": "live", "tenant": run.tenant,
                 "started_at": run.started_at.isoformat(timespec="seconds"),
