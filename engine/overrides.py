@@ -176,27 +176,24 @@ class Overrides:
         candidate = build_feature(merged, source=source, config=self.config,
                                   renderer=self.renderer, override_version=version)
         # The override must also work for the inputs the base feature was written for, and
-        # render the whole conversation (system turn included) within the size/time caps.
+        # render the whole conversation (system turn included) within the size/time caps;
+        # then for inputs unlike the examples: every optional field set, longer arrays.
         inputs = [e.input for e in base.spec.examples] + [e.input for e in
                                                           candidate.spec.examples]
-        for i, example_input in enumerate(inputs):
+        checks = [(f"the feature's example {i}", example_input, "fix the template")
+                  for i, example_input in enumerate(inputs)]
+        if (sample := sample_input(base.spec.input)) is not None:
+            checks.append((
+                "a sample input built from the input schema "
+                f"({json.dumps(sample, ensure_ascii=False)[:300]})", sample,
+                "fix the template (optional fields may be absent or present, arrays of any "
+                "length the schema allows)"))
+        for what, check_input, fix in checks:
             try:
-                candidate.render_messages(self.renderer, example_input)
+                candidate.render_messages(self.renderer, check_input)
             except TemplateRefused as exc:
                 raise ContractError([ContractIssue(
-                    source, "prompt", f"does not render for the feature's example {i}: {exc}",
-                    "fix the template")]) from None
-        # And for inputs unlike the examples: every optional field set, longer arrays.
-        sample = sample_input(base.spec.input)
-        if sample is not None:
-            try:
-                candidate.render_messages(self.renderer, sample)
-            except TemplateRefused as exc:
-                raise ContractError([ContractIssue(
-                    source, "prompt", f"does not render for a sample input built from the "
-                    f"input schema ({json.dumps(sample, ensure_ascii=False)[:300]}): {exc}",
-                    "fix the template (optional fields may be absent or present, arrays of "
-                    "any length the schema allows)")]) from None
+                    source, "prompt", f"does not render for {what}: {exc}", fix)]) from None
         return candidate
 
     def _rendered(self, candidate: LoadedFeature) -> list[list[dict[str, str]]]:
