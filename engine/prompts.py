@@ -62,8 +62,8 @@ BLOCKED_ATTRIBUTES = frozenset({"format", "format_map", "mro", "gi_frame", "cr_f
 #: Names Jinja defines in every template that lead to template internals, not to data.
 BLOCKED_NAMES = frozenset({"self"})
 
-#: Monotonic deadline shared by every render inside a `PromptRenderer.budget()` block.
-_budget_deadline: ContextVar[float | None] = ContextVar("render_budget_deadline", default=None)
+#: Seconds of render time left to every render inside a `PromptRenderer.budget()` block.
+_budget_left: ContextVar[list[float] | None] = ContextVar("render_budget_left", default=None)
 
 
 #: Characters (or list items) the render in progress has allocated so far, and its budget.
@@ -482,27 +482,32 @@ class PromptRenderer:
 
     @contextmanager
     def budget(self, seconds: float | None = None) -> Iterator[None]:
-        """Renders inside this block share one deadline (`seconds`, default the per-render
-        timeout); nested budgets never extend an outer one."""
-        deadline = time.monotonic() + (self.limits.timeout_s if seconds is None else seconds)
-        outer = _budget_deadline.get()
-        token = _budget_deadline.set(deadline if outer is None else min(outer, deadline))
+        """Renders inside this block share one allowance of render time (`seconds`, default
+        the per-render timeout); what the block does between renders (compiling schemas and
+        templates) is not charged to it. Nested budgets never extend an outer one, and what
+        they spend is charged to it."""
+        allowance = self.limits.timeout_s if seconds is None else seconds
+        outer = _budget_left.get()
+        left = [allowance if outer is None else min(outer[0], allowance)]
+        granted = left[0]
+        token = _budget_left.set(left)
         try:
             yield
         finally:
-            _budget_deadline.reset(token)
+            _budget_left.reset(token)
+            if outer is not None:
+                outer[0] -= granted - left[0]
 
     def render(self, template: CompiledTemplate, context: Mapping[str, Any]) -> str:
         """Render with the output cap and deadline; raises TemplateRefused on any breach."""
         cap = self.limits.max_rendered_chars
         timeout = self.limits.timeout_s
-        shared = _budget_deadline.get()
+        shared = _budget_left.get()
         if shared is not None:
-            remaining = shared - time.monotonic()
-            if remaining <= 0:
+            if shared[0] <= 0:
                 raise TemplateRefused(f"the render budget of {self.limits.timeout_s:g}s for "
                                       "this prompt is used up")
-            timeout = min(timeout, remaining)
+            timeout = min(timeout, shared[0])
 
         def produce() -> str:
             budget = _allocated.set([0, self.limits.memory_chars])
@@ -521,10 +526,11 @@ class PromptRenderer:
                 parts.append(chunk)
             return "".join(parts)
 
+        started = time.monotonic()
         try:
             return run_with_deadline(produce, timeout)
         except TemplateRefused as exc:
-            if shared is not None and time.monotonic() >= shared:
+            if shared is not None and shared[0] - (time.monotonic() - started) <= 0:
                 raise TemplateRefused(f"the render budget of {self.limits.timeout_s:g}s for "
                                       f"this prompt is used up ({exc})") from None
             raise
@@ -535,3 +541,6 @@ class PromptRenderer:
             # is the template's fault, reported as such: never an unhandled error.
             raise TemplateRefused(f"rendering failed: {type(exc).__name__}: "
                                   f"{str(exc)[:200]}") from None
+        finally:
+            if shared is not None:
+                shared[0] -= time.monotonic() - started

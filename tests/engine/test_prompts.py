@@ -111,3 +111,20 @@ def test_includes_and_imports_come_from_the_prompts_dir(renderer: PromptRenderer
     assert render(renderer, source, text="hi") == "<t>hi</t>"
     with pytest.raises(TemplateRefused, match="not found"):
         renderer.compile("{% include '../../etc/passwd' %}", [])
+
+
+def test_a_budget_charges_render_time_only(tmp_path: Path) -> None:
+    renderer = PromptRenderer(tmp_path, RenderLimits(timeout_s=0.3))
+    bomb = renderer.compile("{% for i in range(100000) %}{% for j in range(100000) %}"
+                            "{% endfor %}{% endfor %}", [])
+    quick = renderer.compile("{{ text }}", ["text"])
+    with renderer.budget(0.5):
+        time.sleep(0.6)  # work between renders (compiling, loading) is not charged
+        assert renderer.render(quick, {"text": "ok"}) == "ok"
+        with pytest.raises(TemplateRefused, match="longer than"):
+            renderer.render(bomb, {})  # 0.3 s of the 0.5 s
+        # Nested: at most what is left (0.2 s), and what it spends is charged to the outer.
+        with renderer.budget(), pytest.raises(TemplateRefused, match="used up"):
+            renderer.render(bomb, {})
+        with pytest.raises(TemplateRefused, match="used up"):
+            renderer.render(quick, {"text": "ok"})
