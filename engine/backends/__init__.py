@@ -101,6 +101,14 @@ def api_key_from_env(name: str, env: str | None) -> str | None:
             "featurelm.yaml", f"backends.{name}.options.api_key_env",
             f"environment variable {env} is not set",
             "export it before starting, or remove api_key_env")])
+    # A key read from a mounted secret file often ends in a newline; one inside it would
+    # break the request head it travels in.
+    key = key.strip()
+    if not key.isprintable():
+        raise ContractError([ContractIssue(
+            "featurelm.yaml", f"backends.{name}.options.api_key_env",
+            f"environment variable {env} holds a line break or control character",
+            "store the key alone, on one line")])
     return key
 
 

@@ -1,9 +1,8 @@
 """Adapter for OpenAI-compatible chat servers (vLLM, llama.cpp server, SGLang), kind "openai".
 
-One pooled keep-alive aiohttp session per backend (per event loop), requests balanced across
-replicas by least in-flight (weighted), structured output sent in the dialect the server
-speaks. aiohttp rather than httpx: httpcore's pool checks every idle connection on each
-request, which at vLLM-scale concurrency costs more CPU than the rest of a call.
+Keep-alive connections pooled per backend and event loop (engine/backends/http1.py), requests
+balanced across replicas by least in-flight (weighted), structured output sent in the dialect
+the server speaks.
 """
 
 from __future__ import annotations
@@ -12,16 +11,16 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from yarl import URL
 
 from featurelm.engine import json_bytes
 from featurelm.engine.backends import adapter_dialect, adapter_options, api_key_from_env, register
+from featurelm.engine.backends.http1 import Client, Endpoint
 from featurelm.engine.backends.pool import ConnectionGate
 from featurelm.engine.backends.provider_errors import (
     MalformedResponse,
@@ -89,6 +88,10 @@ class OpenAIOptions(BaseModel):
     def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
         if any(k.lower() in ("authorization", "api-key", "x-api-key") for k in headers):
             raise ValueError("credentials do not belong in config; use api_key_env")
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+                raise ValueError(f"header {name[:40]!r}: a name is letters, digits and "
+                                 "-!#$%&'*+.^_`|~; a value is printable Latin-1 on one line")
         return headers
 
     @model_validator(mode="after")
@@ -99,26 +102,36 @@ class OpenAIOptions(BaseModel):
         return self
 
 
+#: RFC 9110 field names and (printable Latin-1, one line) values: config headers go on the wire.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 @dataclass
 class Replica:
     url: str
     weight: float = 1.0
-    #: Parsed once: aiohttp would parse a string URL again on every request.
-    completions: URL = field(init=False)
+    #: Where its chat completions are POSTed, with the request head built once.
+    completions: Endpoint = field(init=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    keep_alive: bool = True
     in_flight: int = 0
     #: Sequence number of the last pick, so ties go to the replica used least recently.
     last_pick: int = 0
 
     def __post_init__(self) -> None:
-        self.completions = URL(f"{self.url}/chat/completions")
+        self.completions = Endpoint(f"{self.url}/chat/completions", self.headers,
+                                    keep_alive=self.keep_alive)
 
 
 class Balancer:
     """Least in-flight (per unit of weight) across replicas; no lock: one event loop owns it."""
 
-    def __init__(self, urls: Sequence[str], weights: Sequence[float] | None = None):
+    def __init__(self, urls: Sequence[str], weights: Sequence[float] | None = None, *,
+                 headers: Mapping[str, str] | None = None, keep_alive: bool = True):
         weights = weights or [1.0] * len(urls)
-        self.replicas = [Replica(url, weight) for url, weight in zip(urls, weights, strict=True)]
+        self.replicas = [Replica(url, weight, headers=headers or {}, keep_alive=keep_alive)
+                         for url, weight in zip(urls, weights, strict=True)]
         self._picks = itertools.count(1)
 
     @contextlib.contextmanager
@@ -223,35 +236,30 @@ class OpenAICompatBackend:
                                          tokenizer=tokenizer, context_window=context_window)
         self.send_cache_salt = (structured == "structured_outputs"
                                 if send_cache_salt is None else send_cache_salt)
-        self.balancer = Balancer(base_urls, weights)
+        self._secrets = (api_key,) if api_key else ()
+        request_headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            request_headers["Authorization"] = f"Bearer {api_key}"
+        self.balancer = Balancer(base_urls, weights, headers=request_headers,
+                                 keep_alive=keepalive_s > 0)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._secrets = (api_key,) if api_key else ()
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
         self._queue_timeout_s = queue_timeout_s
         self._keepalive_s = keepalive_s
-        #: One session and gate per event loop: a session's connections belong to the loop
-        #: that made them (the CLI and tests may run several loops over one backend).
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        #: One client and gate per event loop: connections belong to the loop that made them
+        #: (the CLI and tests may run several loops over one backend).
+        self._clients: dict[asyncio.AbstractEventLoop, Client] = {}
         self._gates: dict[asyncio.AbstractEventLoop, ConnectionGate] = {}
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _client(self) -> Client:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            # The gate enforces max_connections and times the wait; the connector's own limit
-            # is the same number, so it never queues a call the gate let through.
-            connector = (aiohttp.TCPConnector(limit=self._max_connections, force_close=True)
-                         if self._keepalive_s == 0 else
-                         aiohttp.TCPConnector(limit=self._max_connections,
-                                              keepalive_timeout=self._keepalive_s))
-            session = aiohttp.ClientSession(connector=connector, headers=self._headers,
-                                            trust_env=False)
-            self._sessions[loop] = session
-        return session
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = Client(connect_timeout=self._connect_timeout,
+                                                  read_timeout=self._read_timeout,
+                                                  keepalive_s=self._keepalive_s)
+        return client
 
     def _gate(self) -> ConnectionGate:
         loop = asyncio.get_running_loop()
@@ -269,11 +277,6 @@ class OpenAICompatBackend:
                          waiting=sum(g.waiting for g in gates),
                          queue_timeouts=sum(g.timed_out for g in gates))
 
-    def _timeout(self, request: CompletionRequest) -> aiohttp.ClientTimeout:
-        budget = self._read_timeout if request.timeout is None else max(request.timeout, 0.001)
-        return aiohttp.ClientTimeout(total=None, sock_connect=min(self._connect_timeout, budget),
-                                     sock_read=min(self._read_timeout, budget))
-
     def _body(self, request: CompletionRequest, stream: bool = False) -> bytes:
         return json_bytes.dumps(chat_body(request, model=self.model,
                                           dialect=self.capabilities.structured,
@@ -285,14 +288,13 @@ class OpenAICompatBackend:
 
     async def _complete(self, request: CompletionRequest) -> Completion:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
-            # Reads are timed one by one; the overall budget also bounds a trickling body.
-            async with asyncio.timeout(request.timeout), self._session().post(
-                    replica.completions, data=self._body(request),
-                    timeout=self._timeout(request)) as response:
+            # Each wait for the server is bounded by read_timeout and by the call's deadline.
+            async with self._client().post(replica.completions, self._body(request),
+                                           timeout=request.timeout) as response:
                 raw = await response.read()
                 if response.status >= 400:
                     raise ProviderStatusError(response.status, raw.decode(errors="replace"),
-                                              dict(response.headers))
+                                              response.headers)
             text, finish, usage, model = parse_completion(json.loads(raw))
         if usage is None:
             encoding = self.capabilities.tokenizer
@@ -308,13 +310,17 @@ class OpenAICompatBackend:
 
     async def _stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         with mapped_errors(self.name, self._secrets), self.balancer.acquire() as replica:
-            async with self._session().post(
-                    replica.completions, data=self._body(request, stream=True),
-                    timeout=self._timeout(request)) as response:
+            # A stream may outlast its attempt's share once text flows (the dispatcher keeps
+            # the deadline); the share bounds each wait for the server.
+            gap = (self._read_timeout if request.timeout is None
+                   else min(self._read_timeout, max(request.timeout, 0.001)))
+            async with self._client().post(replica.completions,
+                                           self._body(request, stream=True),
+                                           timeout=None, read_timeout=gap) as response:
                 if response.status >= 400:
                     raw = await response.read()
                     raise ProviderStatusError(response.status, raw.decode(errors="replace"),
-                                              dict(response.headers))
+                                              response.headers)
                 if response.content_type == "application/json":
                     # A server that ignores `stream: true` answers with one plain completion.
                     text, _, usage, _ = parse_completion(json.loads(await response.read()))
@@ -323,7 +329,7 @@ class OpenAICompatBackend:
                     if usage is not None:
                         yield usage
                     return
-                async for raw_line in response.content:
+                async for raw_line in response.lines():
                     line = raw_line.decode().strip()
                     if not line.startswith("data:"):
                         continue
@@ -339,9 +345,9 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         self._gates.pop(loop, None)
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
 
 
 @register("openai")

@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -139,6 +140,8 @@ def _context_window(exc: BaseException) -> Failure:
 
 _STATIC_RULES: dict[type[BaseException], Rule] = {
     TimeoutError: _fixed("timed out", retryable=True, timeout=True),
+    # A certificate the server cannot prove, or a TLS version it refuses: no retry fixes it.
+    ssl.SSLError: _fixed("TLS failed", retryable=False),
     ConnectionError: _fixed("connection failed", retryable=True),
     json.JSONDecodeError: _fixed("malformed JSON body", retryable=True),
     UnicodeDecodeError: _fixed("undecodable response body", retryable=True),
