@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,7 +201,7 @@ def parse_completion(data: Any) -> tuple[str, str, Usage | None, str | None]:
 
 def _stream_event(payload: str) -> tuple[str, Usage | None]:
     """(text delta, usage if this event reports it) of one `data:` event of a stream."""
-    data = json.loads(payload)
+    data = json_bytes.loads(payload)
     if not isinstance(data, Mapping):
         raise MalformedResponse("stream event is not a JSON object")
     if data.get("error"):
@@ -295,7 +294,7 @@ class OpenAICompatBackend:
                 if response.status >= 400:
                     raise ProviderStatusError(response.status, raw.decode(errors="replace"),
                                               response.headers)
-            text, finish, usage, model = parse_completion(json.loads(raw))
+            text, finish, usage, model = parse_completion(json_bytes.loads(raw))
         if usage is None:
             encoding = self.capabilities.tokenizer
             usage = Usage(prompt_tokens=count_prompt_tokens(request.messages, encoding),
@@ -323,7 +322,7 @@ class OpenAICompatBackend:
                                               response.headers)
                 if response.content_type == "application/json":
                     # A server that ignores `stream: true` answers with one plain completion.
-                    text, _, usage, _ = parse_completion(json.loads(await response.read()))
+                    text, _, usage, _ = parse_completion(json_bytes.loads(await response.read()))
                     if text:
                         yield text
                     if usage is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from featurelm.engine.json_bytes import dumps
+from featurelm.engine.json_bytes import dumps, loads
 
 
 @pytest.mark.parametrize("value", [
@@ -35,3 +35,27 @@ def test_sorted_keys_give_the_same_bytes_whatever_the_order() -> None:
     assert one == dumps({"a": {"x": None, "y": [1]}, "b": 1}, sort_keys=True)
     assert one == b'{"a":{"x":null,"y":[1]},"b":1}'
     assert dumps({"b": 2**70, "a": 1}, sort_keys=True) == b'{"a":1,"b":%d}' % 2**70
+
+
+@pytest.mark.parametrize("text", [
+    b'{"choices": [{"message": {"content": "caf\\u00e9 \xc3\xa9"}}], "usage": null}',
+    b'{"x": -1.5e-7, "n": -9223372036854775808}',
+    b'{"score": NaN, "top": Infinity}',                    # not JSON, but json.loads reads it
+    b'{"text": "a\\ud800b"}',                              # an escaped lone surrogate
+    b'{"a": 1, "a": 2}',                                   # the last duplicate wins in both
+    '{"str": "not bytes"}',
+])
+def test_every_text_parses_as_the_standard_library_parses_it(text: bytes | str) -> None:
+    assert repr(loads(text)) == repr(json.loads(text))
+
+
+def test_an_integer_beyond_64_bits_reads_as_a_float() -> None:
+    assert loads(b'{"big": 100000000000000000000000}') == {"big": 1e23}
+
+
+@pytest.mark.parametrize("text", [b"", b"{", b'{"a": 1} trailing', b"\xff\xfe{}"])
+def test_what_the_standard_library_refuses_is_refused_with_a_value_error(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        loads(text)
