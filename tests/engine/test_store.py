@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,18 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
+    before = set(threading.enumerate())
     connected = await Store.connect(store_url)
     yield connected
     await connected.aclose()
+    # Each SQLite connection has a worker thread that answers on this test's event loop:
+    # let the threads of the closed connections finish while the loop still runs, so none
+    # answers a closed loop during a later test.
+    for _ in range(500):
+        if not [t for t in threading.enumerate() if t not in before and t.is_alive()
+                and t.name.endswith("(_connection_worker_thread)")]:
+            break
+        await asyncio.sleep(0.01)
 
 
 async def raw_rows(store: Store, table: str) -> list[tuple[object, ...]]:
