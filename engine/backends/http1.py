@@ -48,10 +48,11 @@ class Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http(s) URL")
-        self.url = url
         self.host = parts.hostname
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
+        #: The key its connections are pooled under.
+        self.origin = (self.host, self.port, self.tls)
         lines = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
                  f"Host: {parts.netloc.rpartition('@')[2]}", "User-Agent: featurelm",
                  *(f"{name}: {value}" for name, value in headers.items())]
@@ -279,7 +280,7 @@ class Client:
                         self._read_timeout if read_timeout is None else read_timeout)
 
     async def _connection(self, endpoint: Endpoint, deadline: float | None) -> _Connection:
-        idle = self._idle.get((endpoint.host, endpoint.port, endpoint.tls))
+        idle = self._idle.get(endpoint.origin)
         now = self.loop.time()
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be timed out
@@ -342,7 +343,7 @@ class Client:
             return
         conn.response = None
         conn.idle_since = self.loop.time()
-        self._idle.setdefault((endpoint.host, endpoint.port, endpoint.tls), []).append(conn)
+        self._idle.setdefault(endpoint.origin, []).append(conn)
         if self._sweep is None:
             self._sweep = self.loop.call_later(self._keepalive_s, self._close_stale)
 

@@ -19,12 +19,12 @@ from featurelm.engine.types import CompletionRequest, Message
 
 COMPLETION = json.dumps({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
                          "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class RawServer:
-    """A loopback server whose every connection runs `handler`; it counts connections and
-    keeps the request heads it read."""
+    """A loopback server whose every connection runs `handler` (given the server, to read
+    requests with); it counts connections and keeps the request heads it read."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -41,7 +41,7 @@ class RawServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            await self.handler(reader, writer)
+            await self.handler(self, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -61,6 +61,28 @@ async def raw_server() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[RawS
     yield start
     for server in servers:
         server.close()
+
+
+def answer_once(payload: bytes, *, linger_s: float = 0.0) -> Handler:
+    """Read one request, write `payload`, keep the connection open `linger_s`, close it."""
+    async def handler(raw: RawServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await raw.read_request(reader)
+        writer.write(payload)
+        await writer.drain()
+        await asyncio.sleep(linger_s)
+    return handler
+
+
+def answer_every_request(payload: bytes) -> Handler:
+    """Answer each request on the connection with `payload`, keeping it alive."""
+    async def handler(raw: RawServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            await raw.read_request(reader)
+            writer.write(payload)
+            await writer.drain()
+    return handler
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -98,7 +120,7 @@ def test_calls_work_on_uvloop_the_servers_event_loop() -> None:
 
 
 async def test_chunked_and_connection_delimited_bodies_are_read_whole(raw_server) -> None:
-    async def chunked(reader, writer):
+    async def chunked(raw, reader, writer):
         await raw.read_request(reader)
         half = len(COMPLETION) // 2
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -109,25 +131,17 @@ async def test_chunked_and_connection_delimited_bodies_are_read_whole(raw_server
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
         await writer.drain()
 
-    async def until_close(reader, writer):
-        await raw2.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"connection: close\r\n\r\n" + COMPLETION)
-        await writer.drain()
-
-    raw, url = await raw_server(chunked)
-    raw2, url2 = await raw_server(until_close)
+    _, url = await raw_server(chunked)
+    _, url2 = await raw_server(answer_once(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+        + COMPLETION))
     assert await complete(url) == "hi"
     assert await complete(url2) == "hi"
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(raw_server) -> None:
-    async def one_answer_then_close(reader, writer):
-        await raw.read_request(reader)
-        writer.write(ok(COMPLETION))  # keep-alive by default, then closed anyway
-        await writer.drain()
-
-    raw, url = await raw_server(one_answer_then_close)
+    # Keep-alive by default, then closed anyway.
+    raw, url = await raw_server(answer_once(ok(COMPLETION)))
     backend = OpenAICompatBackend("vllm", model="m", base_urls=[url])
     try:
         for _ in range(3):
@@ -140,13 +154,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(raw_serve
 
 async def test_keepalive_0_sends_connection_close_and_opens_one_connection_per_call(
         raw_server) -> None:
-    async def serve_all(reader, writer):
-        while True:
-            await raw.read_request(reader)
-            writer.write(ok(COMPLETION))
-            await writer.drain()
-
-    raw, url = await raw_server(serve_all)
+    raw, url = await raw_server(answer_every_request(ok(COMPLETION)))
     backend = OpenAICompatBackend("vllm", model="m", base_urls=[url], keepalive_s=0)
     try:
         for _ in range(3):
@@ -164,13 +172,7 @@ async def test_keepalive_0_sends_connection_close_and_opens_one_connection_per_c
 ])
 async def test_a_response_that_is_not_http_is_a_retryable_malformed_response(
         raw_server, answer) -> None:
-    async def garbage(reader, writer):
-        await raw.read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    raw, url = await raw_server(garbage)
+    _, url = await raw_server(answer_once(answer, linger_s=1))
     with pytest.raises(BackendError) as caught:
         await complete(url)
     assert caught.value.retryable
@@ -181,25 +183,16 @@ async def test_a_body_over_the_size_cap_is_refused_and_its_connection_closed(
         raw_server, monkeypatch) -> None:
     monkeypatch.setattr(http1, "MAX_BODY_BYTES", 1000)
 
-    async def huge(reader, writer):
-        await raw.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b" " * 100000)
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    raw, url = await raw_server(huge)
+    _, url = await raw_server(answer_once(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b" " * 100000, linger_s=1))
     with pytest.raises(BackendError) as caught:
         await complete(url)
     assert "over" in str(caught.value.__cause__)
 
 
 async def test_a_response_cut_off_midway_is_a_dropped_connection(raw_server) -> None:
-    async def cut(reader, writer):
-        await raw.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{\"choices\"")
-        await writer.drain()
-
-    raw, url = await raw_server(cut)
+    _, url = await raw_server(answer_once(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{\"choices\""))
     with pytest.raises(BackendError) as caught:
         await complete(url)
     assert caught.value.retryable
@@ -208,7 +201,7 @@ async def test_a_response_cut_off_midway_is_a_dropped_connection(raw_server) -> 
 
 async def test_a_cancelled_call_closes_its_connection_and_the_next_opens_a_new_one(
         raw_server) -> None:
-    async def slow_then_fast(reader, writer):
+    async def slow_then_fast(raw, reader, writer):
         while True:
             await raw.read_request(reader)
             await asyncio.sleep(0.5 if raw.connections == 1 else 0)
@@ -229,13 +222,7 @@ async def test_a_cancelled_call_closes_its_connection_and_the_next_opens_a_new_o
 
 
 async def test_idle_connections_are_closed_after_keepalive_s(raw_server) -> None:
-    async def serve_all(reader, writer):
-        while True:
-            await raw.read_request(reader)
-            writer.write(ok(COMPLETION))
-            await writer.drain()
-
-    raw, url = await raw_server(serve_all)
+    _, url = await raw_server(answer_every_request(ok(COMPLETION)))
     client = Client(connect_timeout=1, read_timeout=1, keepalive_s=0.1)
     endpoint = Endpoint(url + "/chat/completions", {}, keep_alive=True)
     try:
@@ -267,7 +254,7 @@ def test_the_request_head_names_the_host_and_length() -> None:
 async def test_a_tls_server_whose_certificate_cannot_be_verified_is_not_retried(
         raw_server) -> None:
     # A plain-text server behind an https URL fails the handshake like a bad certificate.
-    async def plain(reader, writer):
+    async def plain(raw, reader, writer):
         await reader.read(100)
         writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
         await writer.drain()
