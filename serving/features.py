@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from featurelm.engine import InputError, NotFoundError, OutputError, Result, RunOptions, json_bytes
@@ -26,6 +26,8 @@ from featurelm.serving.models import FeatureContract, FeatureList, FeatureSummar
 from featurelm.serving.state import Services, services
 
 SSE = "text/event-stream"
+SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
+               (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
 router = APIRouter(tags=["features"])
 
@@ -156,7 +158,8 @@ async def _admit(svc: Services, caller: Caller, name: str, calls: int) -> Loaded
     return feature
 
 
-async def call_feature(svc: Services, name: str, request: Request, caller: Caller) -> Response:
+async def call_feature(svc: Services, name: str, request: Request,
+                       caller: Caller) -> Response | EventStream:
     request.state.feature = name
     raw = await request.body()
     data = parse_body(raw, "input")
@@ -174,7 +177,7 @@ async def call_feature(svc: Services, name: str, request: Request, caller: Calle
 
 
 def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
-            options: RunOptions, request: Request, raw: bytes) -> StreamingResponse:
+            options: RunOptions, request: Request, raw: bytes) -> EventStream:
     """The call as server-sent events, on the same pipeline (cache, coalescing, usage) and
     under the same Idempotency-Key as a JSON call: a replay, or a cache hit, streams the
     stored output as one delta."""
@@ -200,11 +203,14 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
                 return Stored(200, _result_body(event.result))
         raise AssertionError("a feature stream ends with its result")  # pragma: no cover
 
-    async def events() -> AsyncIterator[bytes]:
-        yield _sse("progress", {"stage": "started", "feature": feature.name})
-        task = asyncio.create_task(_once(svc, caller, request, raw, produce))
-        task.add_done_callback(lambda _: deltas.put_nowait(None))
+    # Started now, not after the head is written: with many streams opening at once, each
+    # call reaches its model without queueing behind every other stream's head.
+    task = asyncio.create_task(_once(svc, caller, request, raw, produce))
+    task.add_done_callback(lambda _: deltas.put_nowait(None))
+
+    async def events() -> AsyncGenerator[bytes, None]:
         try:
+            yield _sse("progress", {"stage": "started", "feature": feature.name})
             ended = False
             while not ended:
                 # Events that queued up meanwhile (a busy server) go out in one write.
@@ -214,6 +220,8 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
                 ended = batch[-1] is None  # the end marker always comes last
                 if chunk := b"".join(event for event in batch if event is not None):
                     yield chunk
+            if task.cancelled():
+                return  # the client went away
             stored = task.result()
             if stored.replayed:
                 yield _sse("progress", {"stage": "replayed", "feature": feature.name})
@@ -227,8 +235,39 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
         finally:
             task.cancel()
 
-    return StreamingResponse(events(), media_type=SSE,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(events(), stop=task.cancel)
+
+
+class EventStream:
+    """A `text/event-stream` answer of the chunks `events` yields. `stop` is called when the
+    answer ends, and as soon as the client goes away (to cancel the call behind it).
+
+    Starlette's StreamingResponse does the same, but watches for the client going away
+    through an anyio task group per stream: about a twentieth of a stream's CPU."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], stop: Callable[[], object]) -> None:
+        self.events = events
+        self.stop = stop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch() -> None:
+            # The request body is read: what comes now is the client going away (or, once
+            # the answer is complete, the server saying so).
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.stop()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": list(SSE_HEADERS)})
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.stop()
+            await self.events.aclose()
 
 
 async def call_batch(svc: Services, name: str, request: Request, caller: Caller) -> Response:

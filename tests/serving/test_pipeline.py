@@ -3,6 +3,7 @@ same cache and Idempotency-Key, and a `meta.backend` that names who really answe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -208,3 +209,54 @@ async def test_batch_items_take_the_same_pipeline(make_project: ProjectFactory) 
     results = batch.json()["results"]
     assert [r["output"] for r in results] == [{"sentiment": "positive"}] * 2
     assert single.json()["meta"]["cached"] is True
+
+
+class StreamsThenHangs(ScriptedBackend):
+    """Streams a first chunk, then never another."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
+        yield REPLY[:5]
+        await asyncio.Event().wait()
+        yield REPLY[5:]  # pragma: no cover
+
+
+async def test_a_client_that_goes_away_mid_stream_ends_its_answer(
+        make_project: ProjectFactory) -> None:
+    """The answer ends as soon as the client goes away, not when the model is done (here,
+    never). The model call itself runs on for the cache and any coalesced caller."""
+    engine = Engine.from_config(project(make_project),
+                                backend_wrapper=lambda b: StreamsThenHangs([REPLY], name=b.name))
+    app = create_app(engine)
+    body = json.dumps({"input": {"text": "great"}}).encode()
+    sent: list[dict[str, Any]] = []
+    first_delta = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await first_delta.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if b"event: delta" in message.get("body", b""):
+            first_delta.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/features/sentiment", "raw_path": b"/v1/features/sentiment",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 8000),
+             "headers": [(b"content-type", b"application/json"),
+                         (b"accept", b"text/event-stream"),
+                         (b"content-length", str(len(body)).encode())]}
+    async with asyncio.timeout(10):
+        await app(scope, receive, send)
+    await engine.aclose()
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-type"].startswith(b"text/event-stream")
+    streamed = b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"event: delta" in streamed and b"event: result" not in streamed
