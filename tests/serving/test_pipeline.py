@@ -19,7 +19,7 @@ from featurelm.engine.backends.scripted import ScriptedBackend
 from featurelm.engine.errors import BackendError
 from featurelm.engine.types import Completion, CompletionRequest, Usage
 from featurelm.serving.app import create_app
-from tests.conftest import ProjectFactory, scripted
+from tests.conftest import SENTIMENT, ProjectFactory, scripted
 
 REPLY = '{"sentiment": "positive"}'
 SSE = {"Accept": "text/event-stream"}
@@ -212,22 +212,35 @@ async def test_batch_items_take_the_same_pipeline(make_project: ProjectFactory) 
 
 
 class StreamsThenHangs(ScriptedBackend):
-    """Streams a first chunk, then never another."""
+    """Streams a first chunk, then never another; notes being cancelled."""
+
+    cancelled = False
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Usage]:
         yield REPLY[:5]
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
         yield REPLY[5:]  # pragma: no cover
 
 
+@pytest.mark.parametrize("coalesced", [True, False], ids=["coalesced", "not-coalesced"])
 async def test_a_client_that_goes_away_mid_stream_ends_its_answer(
-        make_project: ProjectFactory) -> None:
+        make_project: ProjectFactory, coalesced: bool) -> None:
     """The answer ends as soon as the client goes away, not when the model is done (here,
-    never). The model call itself runs on for the cache and any coalesced caller."""
-    engine = Engine.from_config(project(make_project),
-                                backend_wrapper=lambda b: StreamsThenHangs([REPLY], name=b.name))
+    never). A call open to coalescing runs on for the cache and any caller sharing it; any
+    other call is cancelled."""
+    backend = StreamsThenHangs([REPLY], name="primary")
+    feature = {**SENTIMENT, "model": {**SENTIMENT["model"],
+                                      "temperature": 0.0 if coalesced else 0.7}}
+    config = make_project([feature], backends={"primary": scripted(REPLY)},
+                          routes={"default": {"backends": ["primary"]}},
+                          extra={"auth": "off"})
+    engine = Engine.from_config(config, backend_wrapper=lambda _: backend)
     app = create_app(engine)
-    body = json.dumps({"input": {"text": "great"}}).encode()
+    body = json.dumps({"input": {"text": "great"}, "options": {"cache": "no-cache"}}).encode()
     sent: list[dict[str, Any]] = []
     first_delta = asyncio.Event()
     requested = False
@@ -255,8 +268,12 @@ async def test_a_client_that_goes_away_mid_stream_ends_its_answer(
                          (b"content-length", str(len(body)).encode())]}
     async with asyncio.timeout(10):
         await app(scope, receive, send)
+    for _ in range(5):
+        await asyncio.sleep(0)  # let a cancellation reach the backend
+    cancelled_before_shutdown = backend.cancelled
     await engine.aclose()
     assert sent[0]["status"] == 200
     assert dict(sent[0]["headers"])[b"content-type"].startswith(b"text/event-stream")
     streamed = b"".join(m.get("body", b"") for m in sent[1:])
     assert b"event: delta" in streamed and b"event: result" not in streamed
+    assert cancelled_before_shutdown is not coalesced
