@@ -169,11 +169,12 @@ async def test_each_attempt_gets_only_the_time_left(servers, dispatcher_for):
     dispatcher = dispatcher_for({"first": first, "second": second}, retries=0)
     started = time.monotonic()
     with pytest.raises(BackendError) as caught:
-        await dispatcher.complete("main", REQUEST, deadline=soon(0.8))
+        await dispatcher.complete("main", REQUEST, deadline=soon(1.6))
     assert caught.value.timeout
     # The first backend got half the time (one more backend waits after it), the second the
-    # rest: both were asked, and the call still ended at its deadline.
-    assert time.monotonic() - started < 1.3
+    # rest: both were asked, and the call still ended at its deadline. Each share is long
+    # enough for a request to arrive on a busy machine.
+    assert time.monotonic() - started < 2.4
     assert first.completions == 1 and second.completions == 1
 
 
