@@ -243,7 +243,7 @@ class EventStream:
     answer ends, and as soon as the client goes away (to cancel the call behind it).
 
     Starlette's StreamingResponse does the same, but watches for the client going away
-    through an anyio task group per stream: about a twentieth of a stream's CPU."""
+    through an anyio task group per stream, a few percent of a stream's CPU."""
 
     def __init__(self, events: AsyncGenerator[bytes, None], stop: Callable[[], object]) -> None:
         self.events = events
