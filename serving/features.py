@@ -232,9 +232,8 @@ def _stream(svc: Services, caller: Caller, feature: LoadedFeature, input: Any,
             _counted(svc, feature, exc)
             _, body, _ = problems.from_exception(exc)
             yield _sse("error", body)
-        finally:
-            task.cancel()
 
+    # EventStream calls stop however the answer ends, started or not.
     return EventStream(events(), stop=task.cancel)
 
 
